@@ -1,0 +1,112 @@
+"""Decision-engine throughput: links per second, against plain tldextract on the same links.
+
+(a) repeated realistic links (the memoised path a busy proxy lives on), target >= 1,000,000/s;
+(b) all-unique inputs with nesting, free text and tokens (cold path), target >= 150,000/s.
+
+    python -m bench.core_bench [--repeat N] [--unique N]
+
+Prints numbers; asserts nothing (speed is checked by reading them, not by a timed test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import tldextract
+
+from proxy.core.model import SurfaceId
+from proxy.policyfile import build_engine, load_policy
+
+AT = datetime(2022, 3, 2, tzinfo=UTC)
+SURFACE = SurfaceId("livestream_cart")
+
+SHAPES: Sequence[Callable[[int], str]] = (
+    lambda i: f"https://item.taobao.com/item.htm?id={600000000000 + i}",
+    lambda i: f"https://detail.tmall.com/item.htm?id={500000000000 + i}&spm=a1z10.{i}",
+    lambda i: f"https://item.jd.com/{100000000000 + i}.html",
+    lambda i: f"https://app.kwaixiaodian.com/merchant/shop/detail?id={i}",
+    lambda i: f"https://www.example{i % 97}.com/products/{i}",
+    lambda i: f"https://m.tb.cn/h.{i:08x}",
+    lambda i: f"https://r.example.com/go?url={quote(f'https://item.taobao.com/item.htm?id={i}', safe='')}",
+    lambda i: f"今晚8点开抢 https://detail.tmall.com/item.htm?id={i} 拍下备注主播名",
+    lambda i: f"￥Ab{i % 10}dEf{i % 7}hIj{i % 3}￥ 复制这条信息，打开手机淘宝",
+    lambda i: f"新品上架 第{i}款 快手小店最便宜 item.jd.com/{i}.html",
+)
+
+
+def realistic(count: int, offset: int = 0) -> list[str]:
+    return [SHAPES[i % len(SHAPES)](offset + i) for i in range(count)]
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:>12,.0f}/s"
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float]:
+    gc.collect()
+    start = time.perf_counter()
+    count = fn()
+    return count, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2_000_000)
+    parser.add_argument("--unique", type=int, default=200_000)
+    args = parser.parse_args()
+
+    policy = load_policy()
+    extractor = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # noqa: TID251
+    extractor.extract_str("warm.example.com")
+
+    pool = realistic(1000)
+    engine = build_engine(policy)
+    for text in pool:
+        engine.decide(text, SURFACE, AT)
+
+    def repeated() -> int:
+        decide = engine.decide
+        for i in range(args.repeat):
+            decide(pool[i % 1000], SURFACE, AT)
+        return args.repeat
+
+    def repeated_tldextract() -> int:
+        extract = extractor.extract_str
+        for i in range(args.repeat // 10):
+            extract(pool[i % 1000])
+        return args.repeat // 10
+
+    unique = realistic(args.unique, offset=10_000_000)
+    cold = build_engine(policy, memo_size=65536)
+
+    def all_unique() -> int:
+        decide = cold.decide
+        for text in unique:
+            decide(text, SURFACE, AT)
+        return len(unique)
+
+    def unique_tldextract() -> int:
+        extract = extractor.extract_str
+        for text in unique:
+            extract(text)
+        return len(unique)
+
+    links = sum(len(engine.links(t)) for t in pool)
+    print(f"inputs: {len(pool)} realistic shapes x {len(SHAPES)}; {links} links in the pool")
+    print(f"{'case':52} {'engine':>14} {'tldextract':>14} {'ratio':>7}")
+    for name, mine, theirs in (
+        ("(a) repeated realistic links (target >= 1,000,000/s)", repeated, repeated_tldextract),
+        ("(b) all unique, nesting + text + tokens (>= 150,000/s)", all_unique, unique_tldextract),
+    ):
+        n1, s1 = timed(mine)
+        n2, s2 = timed(theirs)
+        print(f"{name:52} {rate(n1, s1):>14} {rate(n2, s2):>14} {(n1 / s1) / (n2 / s2):>6.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""``Settings``: the policy plus the runtime knobs of ``serve``, parsed and validated once.
+
+The one place that reads the environment. Precedence, lowest first: built-in defaults, the
+policy file's ``proxy:`` section, ``CART_PROXY_*`` environment variables, command-line flags.
+Every problem is a ``ConfigError`` naming where the bad value came from (``<file>: proxy.key``,
+``env CART_PROXY_PORT`` or ``--port``) and what is wrong; all problems are reported at once.
+
+Environment variables (each overrides the matching ``proxy:`` key):
+
+=============================== ============================ ===========================
+variable                        key                          default
+=============================== ============================ ===========================
+CART_PROXY_CONFIG               (the policy file itself)     the shipped policy
+CART_PROXY_HOST                 listen.host                  127.0.0.1
+CART_PROXY_PORT                 listen.port                  8080
+CART_PROXY_UPSTREAM             upstream                     http://127.0.0.1:8081
+CART_PROXY_WORKERS              workers                      1
+CART_PROXY_METRICS_PORT         metrics_port (0 = off)       9108
+CART_PROXY_GRACE_PERIOD         grace_period (seconds)       10
+CART_PROXY_MAX_BODY_BYTES       limits.max_body_bytes        1 MiB
+CART_PROXY_MAX_DECODED_BYTES    limits.max_decoded_bytes     8 MiB
+CART_PROXY_MAX_JSON_DEPTH       limits.max_json_depth        64 (1..253)
+CART_PROXY_NON_JSON             limits.non_json              reject (reject | pass)
+CART_PROXY_CONNECT_TIMEOUT      timeouts.connect (seconds)   5
+CART_PROXY_READ_TIMEOUT         timeouts.read (seconds)      30
+CART_PROXY_TOTAL_TIMEOUT        timeouts.total (seconds)     60 (0 = none)
+CART_PROXY_POOL_SIZE            pool_size                    256
+CART_PROXY_LOG_LEVEL            log_level                    INFO
+=============================== ============================ ===========================
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from yarl import URL
+
+from proxy.core.policy import Policy
+from proxy.errors import ConfigError
+from proxy.policyfile import load_policy
+
+__all__ = [
+    "Limits",
+    "NonJSON",
+    "Settings",
+    "Timeouts",
+    "load_settings",
+    "settings_from_policy",
+    "with_overrides",
+]
+
+MIB: Final = 1024 * 1024
+ORJSON_MAX_DEPTH: Final = 254
+"""orjson refuses to serialise deeper documents, so an edited body must stay below it."""
+
+
+class NonJSON(enum.StrEnum):
+    """What to do with a routed write whose body is not JSON."""
+
+    REJECT = "reject"
+    PASS = "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = MIB
+    """Largest body read for inspection, as received (compressed or not); over it: 413."""
+    max_decoded_bytes: int = 8 * MIB
+    """Largest body after Content-Encoding is undone; over it (a bomb): 413."""
+    max_json_depth: int = 64
+    non_json: NonJSON = NonJSON.REJECT
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``total`` bounds an inspected exchange; streamed pass-through is bounded by
+    ``connect`` and ``read`` (the longest silence) only, so a large transfer is never cut."""
+
+    connect: float = 5.0
+    read: float = 30.0
+    total: float | None = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policy: Policy
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream: URL = field(default_factory=lambda: URL("http://127.0.0.1:8081"))
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    grace_period: float = 10.0
+    """Seconds in-flight requests get to finish after SIGTERM."""
+    metrics_port: int = 9108
+    """Metrics and health port of worker 0; worker i serves on ``metrics_port + i``; 0 = off."""
+    workers: int = 1
+    pool_size: int = 256
+    """Most connections kept open to the upstream (keep-alive pool)."""
+    log_level: str = "INFO"
+
+
+_ENV: Final[Mapping[str, str]] = {
+    "CART_PROXY_HOST": "listen.host",
+    "CART_PROXY_PORT": "listen.port",
+    "CART_PROXY_UPSTREAM": "upstream",
+    "CART_PROXY_WORKERS": "workers",
+    "CART_PROXY_METRICS_PORT": "metrics_port",
+    "CART_PROXY_GRACE_PERIOD": "grace_period",
+    "CART_PROXY_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "CART_PROXY_MAX_DECODED_BYTES": "limits.max_decoded_bytes",
+    "CART_PROXY_MAX_JSON_DEPTH": "limits.max_json_depth",
+    "CART_PROXY_NON_JSON": "limits.non_json",
+    "CART_PROXY_CONNECT_TIMEOUT": "timeouts.connect",
+    "CART_PROXY_READ_TIMEOUT": "timeouts.read",
+    "CART_PROXY_TOTAL_TIMEOUT": "timeouts.total",
+    "CART_PROXY_POOL_SIZE": "pool_size",
+    "CART_PROXY_LOG_LEVEL": "log_level",
+}
+_FLAGS: Final[Mapping[str, str]] = {
+    "host": "listen.host",
+    "port": "listen.port",
+    "upstream": "upstream",
+    "workers": "workers",
+    "metrics_port": "metrics_port",
+}
+_KEYS: Final = frozenset(_ENV.values())
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_UNITS: Final = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": MIB,
+                 "GB": 10**9, "GiB": 1024 * MIB}  # fmt: skip
+
+
+def _flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class _Checker:
+    """Converts one raw value per key, recording errors that name the value's origin."""
+
+    def __init__(self, raw: Mapping[str, tuple[Any, str]]) -> None:
+        self.raw = raw
+        self.errors: list[str] = []
+
+    def get(self, key: str, default: Any, convert: Callable[[Any], Any], what: str) -> Any:
+        if key not in self.raw:
+            return default
+        value, origin = self.raw[key]
+        try:
+            return convert(value)
+        except (TypeError, ValueError):
+            self.errors.append(f"{origin}: expected {what}, got {value!r}")
+            return default
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(value)
+        return number
+
+    return convert
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE.match(str(value))
+        if match is None:
+            raise ValueError(value)
+        number = int(match[1]) * _UNITS[match[2]]
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+def _seconds(allow_none: bool) -> Callable[[Any], float | None]:
+    def convert(value: Any) -> float | None:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        number = float(value)
+        if allow_none and number == 0:
+            return None
+        if not 0 < number <= 3600:
+            raise ValueError(value)
+        return number
+
+    return convert
+
+
+def _upstream(value: Any) -> URL:
+    url = URL(str(value))
+    if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/"):
+        raise ValueError(value)
+    if url.query_string or url.fragment or url.user:
+        raise ValueError(value)
+    return url.with_path("")
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(value)
+    return value
+
+
+def settings_from_policy(
+    policy: Policy,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings for ``policy``: its ``proxy:`` section, then ``env``, then ``overrides``.
+
+    ``overrides`` are command-line values keyed by flag name (``host``, ``port``, ``upstream``,
+    ``workers``, ``metrics_port``); None values are ignored.
+    """
+    raw: dict[str, tuple[Any, str]] = {}
+    errors: list[str] = []
+    section = _flatten(policy.runtime)
+    for key, value in section.items():
+        if key not in _KEYS:
+            errors.append(f"{policy.source}: proxy.{key}: unknown key "
+                          f"(expected one of {', '.join(sorted(_KEYS))})")
+        else:
+            raw[key] = (value, f"{policy.source}: proxy.{key}")
+    for name, key in _ENV.items():
+        if env is not None and name in env and env[name] != "":
+            raw[key] = (env[name], f"env {name}")
+    for flag, value in (overrides or {}).items():
+        if value is not None:
+            raw[_FLAGS[flag]] = (value, f"--{flag.replace('_', '-')}")
+    check = _Checker(raw)
+    port = _integer(0, 65535)
+    limits = Limits(
+        max_body_bytes=check.get("limits.max_body_bytes", Limits.max_body_bytes, _size,
+                                 "a size such as 1048576 or '1MiB'"),
+        max_decoded_bytes=check.get("limits.max_decoded_bytes", Limits.max_decoded_bytes, _size,
+                                    "a size such as 8388608 or '8MiB'"),
+        max_json_depth=check.get("limits.max_json_depth", Limits.max_json_depth,
+                                 _integer(1, ORJSON_MAX_DEPTH - 1),
+                                 f"a whole number from 1 to {ORJSON_MAX_DEPTH - 1}"),
+        non_json=check.get("limits.non_json", NonJSON.REJECT, NonJSON, "'reject' or 'pass'"),
+    )
+    timeouts = Timeouts(
+        connect=check.get("timeouts.connect", Timeouts.connect, _seconds(False),
+                          "seconds, more than 0 and at most 3600"),
+        read=check.get("timeouts.read", Timeouts.read, _seconds(False),
+                       "seconds, more than 0 and at most 3600"),
+        total=check.get("timeouts.total", Timeouts.total, _seconds(True),
+                        "seconds, at most 3600 (0 = no limit)"),
+    )
+    settings = Settings(
+        policy=policy,
+        host=check.get("listen.host", Settings.host, _host, "a host name or address"),
+        port=check.get("listen.port", Settings.port, port, "a port number 0..65535"),
+        upstream=check.get("upstream", URL("http://127.0.0.1:8081"), _upstream,
+                           "an http(s) origin such as http://10.0.0.5:8081 (no path or query)"),
+        limits=limits,
+        timeouts=timeouts,
+        grace_period=check.get("grace_period", Settings.grace_period, _seconds(False),
+                               "seconds, more than 0 and at most 3600"),
+        metrics_port=check.get("metrics_port", Settings.metrics_port, port,
+                               "a port number 0..65535 (0 = off)"),
+        workers=check.get("workers", Settings.workers, _integer(1, 64), "a whole number 1..64"),
+        pool_size=check.get("pool_size", Settings.pool_size, _integer(1, 10000),
+                            "a whole number 1..10000"),
+        log_level=check.get("log_level", Settings.log_level, _log_level,
+                            "one of DEBUG, INFO, WARNING, ERROR"),
+    )
+    errors.extend(check.errors)
+    if settings.limits.max_decoded_bytes < settings.limits.max_body_bytes:
+        errors.append(f"{policy.source}: proxy.limits.max_decoded_bytes: must be at least "
+                      f"limits.max_body_bytes ({settings.limits.max_body_bytes})")
+    if settings.workers > 1 and settings.metrics_port and settings.metrics_port + \
+            settings.workers - 1 > 65535:
+        errors.append(f"{policy.source}: proxy.metrics_port: metrics_port + workers - 1 "
+                      "exceeds 65535")
+    if errors:
+        raise ConfigError(errors)
+    return settings
+
+
+def _log_level(value: Any) -> str:
+    name = str(value).upper()
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(value)
+    return name
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the policy file (``path``, else ``CART_PROXY_CONFIG``, else the shipped policy)
+    and build ``Settings`` from it, ``env`` (default ``os.environ``) and ``overrides``."""
+    environ = os.environ if env is None else env
+    policy = load_policy(path if path is not None else environ.get("CART_PROXY_CONFIG") or None)
+    return settings_from_policy(policy, env=environ, overrides=overrides)
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with fields replaced (tests and the demo use this)."""
+    return replace(settings, **changes)

@@ -1,0 +1,171 @@
+"""Link classification: which platform each layer of a link leads to, what kind of link it is,
+and the evidence for it.
+
+A layer belongs to a platform by its app scheme (``taobao://``), its Android package
+(``intent://…;package=com.taobao.taobao``) or its host's registrable domain; the kind comes from the
+platform's ``kinds`` patterns in the policy (first match wins, else ``page``; app links without a
+more specific match are ``deep_link``). A password token belongs to the platform whose words
+stand nearest to it in the text, else to the policy's default token platform.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote_plus
+
+from proxy.core.domains import DomainIndex
+from proxy.core.model import (
+    Candidate,
+    CandidateKind,
+    Evidence,
+    Layer,
+    LayerMatch,
+    Link,
+    LinkKind,
+    PlatformId,
+)
+from proxy.core.policy import KindPattern, Platform, Policy
+from proxy.core.urls import URLParser
+
+__all__ = ["Classifier"]
+
+_PACKAGE = re.compile(r"[;?&#]package=([A-Za-z0-9_.]+)")
+_SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+
+
+class Classifier:
+    """Turns text candidates into ``Link`` values; pure, built once per policy."""
+
+    def __init__(self, policy: Policy, domains: DomainIndex, parser: URLParser) -> None:
+        self._platforms: Mapping[PlatformId, Platform] = policy.platforms
+        self._domains = domains
+        self._parser = parser
+        self._schemes = {s: p.id for p in policy.platforms.values() for s in p.schemes}
+        self._packages = {a: p.id for p in policy.platforms.values() for a in p.app_packages}
+        self._token_default = policy.token_default_platform
+        self._token_words = tuple(
+            (word.casefold(), p.id) for p in policy.platforms.values() for word in p.token_words
+        )
+
+    def link(self, candidate: Candidate, text: str) -> Link | None:
+        """The link ``candidate`` stands for, or None when no browser or app could follow it."""
+        written = text[candidate.start : candidate.end]
+        if candidate.kind is CandidateKind.TOKEN:
+            token = self._token_match(candidate, text)
+            return Link(written, candidate.start, candidate.end, None, None,
+                        (token,) if token else ())
+        layers = self._parser.layers(candidate.value)
+        if not layers or not self._followable(candidate.value, layers[0]):
+            return None
+        matches = tuple(m for layer in layers if (m := self.layer_match(layer)) is not None)
+        outer = layers[0]
+        return Link(written, candidate.start, candidate.end, outer.href, outer.host or None,
+                    matches)
+
+    def _followable(self, value: str, outer: Layer) -> bool:
+        # A scheme-less candidate ("report.pdf", "v1.2") is a link only if its host has a
+        # real public suffix; written schemes are taken at their word.
+        if "://" in value or value.startswith("//"):
+            return True
+        match = self._domains.lookup(outer.host)
+        return bool(match.registrable) or match.platform is not None
+
+    def layer_match(self, layer: Layer) -> LayerMatch | None:
+        """The platform ``layer`` leads to, with its kind and evidence; None for other sites."""
+        by_scheme = self._schemes.get(layer.scheme)
+        if by_scheme is not None:
+            kind = self._kind(self._platforms[by_scheme], layer) or LinkKind.DEEP_LINK
+            return LayerMatch(by_scheme, kind,
+                              Evidence(layer.depth, layer.host, f"app scheme {layer.scheme}://"))
+        if layer.scheme not in _SPECIAL_SCHEMES:
+            package = _PACKAGE.search(layer.href)
+            if package and package.group(1) in self._packages:
+                return LayerMatch(self._packages[package.group(1)], LinkKind.DEEP_LINK,
+                                  Evidence(layer.depth, layer.host,
+                                           f"app package {package.group(1)}"))
+        found = self._domains.lookup(layer.host)
+        if found.platform is None:
+            return None
+        platform = self._platforms[found.platform]
+        kind = self._kind(platform, layer) or (
+            LinkKind.PAGE if layer.scheme in _SPECIAL_SCHEMES else LinkKind.DEEP_LINK
+        )
+        what = "public suffix" if found.matched == found.suffix else "registered domain"
+        return LayerMatch(platform.id, kind,
+                          Evidence(layer.depth, layer.host, f"{what} {found.matched}"))
+
+    def _kind(self, platform: Platform, layer: Layer) -> LinkKind | None:
+        if not platform.kinds:
+            return None
+        path, query = _path_and_query(layer.href)
+        registrable = self._domains.lookup(layer.host).registrable
+        for pattern in platform.kinds:
+            if _pattern_holds(pattern, layer.host, registrable, path, query):
+                return pattern.kind
+        return None
+
+    def _token_match(self, candidate: Candidate, text: str) -> LayerMatch | None:
+        folded = text.casefold()
+        best: tuple[int, PlatformId, str] | None = None
+        for word, platform in self._token_words:
+            at = folded.find(word)
+            while at != -1:
+                distance = min(abs(at - candidate.start), abs(at - candidate.end))
+                if best is None or distance < best[0]:
+                    best = (distance, platform, word)
+                at = folded.find(word, at + 1)
+        if best is not None:
+            return LayerMatch(best[1], LinkKind.PASSWORD_TOKEN,
+                              Evidence(0, "", f"password token near {best[2]!r}"))
+        if self._token_default is None:
+            return None
+        return LayerMatch(self._token_default, LinkKind.PASSWORD_TOKEN,
+                          Evidence(0, "", "password token shape (default token platform)"))
+
+
+def _path_and_query(href: str) -> tuple[str, str]:
+    """Path and raw query of a canonical href, by slicing: ``urlsplit`` costs more than the
+    whole classification of a typical link."""
+    authority = href.find("//")
+    start = href.find("/", authority + 2) if authority != -1 else href.find(":") + 1
+    if start == -1:
+        start = len(href)
+    end = href.find("#", start)
+    if end == -1:
+        end = len(href)
+    mark = href.find("?", start, end)
+    if mark == -1:
+        return href[start:end], ""
+    return href[start:mark], href[mark + 1 : end]
+
+
+def _query_value(query: str, name: str) -> str | None:
+    """The first value of parameter ``name`` in a raw query, percent-decoded; None if absent."""
+    if name not in query:  # cheap rejection: most links carry none of the listed parameters
+        return None
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            return unquote_plus(value)
+    return None
+
+
+def _pattern_holds(
+    pattern: KindPattern, host: str, registrable: str, path: str, query: str
+) -> bool:
+    if pattern.hosts and host not in pattern.hosts:
+        return False
+    if pattern.domains and registrable not in pattern.domains and host not in pattern.domains:
+        return False
+    if pattern.host is not None and not pattern.host.search(host):
+        return False
+    if pattern.path is not None and not pattern.path.search(path):
+        return False
+    if pattern.query:
+        for name, regex in pattern.query:
+            value = _query_value(query, name)
+            if value is not None and (regex is None or regex.search(value) is not None):
+                return True
+        return False
+    return True

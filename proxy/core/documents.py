@@ -1,0 +1,224 @@
+"""Where links live in a JSON document, and the edits that strip or rewrite them.
+
+Pure. A route's link locations are JSON-pointer-like paths (RFC 6901 syntax, ``~0``/``~1``
+escapes) where a ``*`` token matches any array index or object key, and ``**`` alone means every
+string in the document. A path that lands on an array or object selects every string beneath it.
+Object keys are never scanned: they cannot be stripped or rewritten without changing the schema.
+
+Locations carry their concrete path (keys and indices); ``pointer(path)`` renders it as an RFC 6901
+pointer only when a finding needs one. Edits work on the parsed document in place: the caller owns
+it (it was parsed for this message alone).
+
+>>> doc = {"items": [{"url": "a"}, {"url": "b", "title": "t"}]}
+>>> [(pointer(loc.path), loc.text) for loc in select(doc, compile_paths(["/items/*/url"]))]
+[('/items/0/url', 'a'), ('/items/1/url', 'b')]
+>>> apply_edits(doc, removals=[removal_path(("items", 0, "url"), StripMode.ELEMENT)])
+{'items': [{'url': 'b', 'title': 't'}]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from proxy.core.model import StripMode
+
+__all__ = [
+    "LinkPaths",
+    "Location",
+    "Replacement",
+    "apply_edits",
+    "compile_paths",
+    "pointer",
+    "removal_path",
+    "resolve_pointer",
+    "select",
+]
+
+Step = str | int
+Path = tuple[Step, ...]
+WILDCARD = "*"
+EVERYTHING = "**"
+
+
+class Location(NamedTuple):
+    path: Path
+    text: str
+
+
+class Replacement(NamedTuple):
+    """Replace ``text[start:end]`` of the string at ``path`` with ``value``."""
+
+    path: Path
+    start: int
+    end: int
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPaths:
+    """Compiled link locations of one route."""
+
+    patterns: tuple[tuple[str, ...], ...]
+    everything: bool
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def compile_paths(links: Iterable[str]) -> LinkPaths:
+    """Compile a route's ``links`` list (validated by the policy parser) once, at startup."""
+    patterns: list[tuple[str, ...]] = []
+    everything = False
+    for link in links:
+        if link == EVERYTHING:
+            everything = True
+        elif link == "/":
+            patterns.append(("",))
+        else:
+            patterns.append(tuple(_unescape(t) for t in link.split("/")[1:]))
+    return LinkPaths(() if everything else tuple(patterns), everything)
+
+
+def pointer(path: Path) -> str:
+    """The RFC 6901 pointer of a concrete path.
+
+    >>> pointer(("a/b", 0, "m~n"))
+    '/a~1b/0/m~0n'
+    """
+    return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in path)
+
+
+def resolve_pointer(doc: object, ptr: str) -> object | None:
+    """The value at an RFC 6901 pointer, or None when there is none.
+
+    >>> resolve_pointer({"a": [1, {"b": 2}]}, "/a/1/b")
+    2
+    """
+    node: Any = doc
+    if not ptr:
+        return node
+    for raw in ptr.split("/")[1:]:
+        token = _unescape(raw)
+        if isinstance(node, dict):
+            if token not in node:
+                return None
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
+
+
+def _strings_under(node: object, path: Path, out: list[Location]) -> None:
+    stack: list[tuple[object, Path]] = [(node, path)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, str):
+            out.append(Location(at, value))
+        elif isinstance(value, dict):
+            # reversed so that the stack yields document order
+            stack.extend((v, (*at, k)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, (*at, i)) for i, v in reversed(list(enumerate(value))))
+
+
+def select(doc: object, paths: LinkPaths) -> list[Location]:
+    """Every string a route's link paths select, each once."""
+    out: list[Location] = []
+    if paths.everything:
+        _strings_under(doc, (), out)
+        return out
+    for pattern in paths.patterns:
+        frontier: list[tuple[object, Path]] = [(doc, ())]
+        for token in pattern:
+            step: list[tuple[object, Path]] = []
+            for node, at in frontier:
+                if isinstance(node, dict):
+                    if token == WILDCARD:
+                        step.extend((v, (*at, k)) for k, v in node.items())
+                    elif token in node:
+                        step.append((node[token], (*at, token)))
+                elif isinstance(node, list):
+                    if token == WILDCARD:
+                        step.extend((v, (*at, i)) for i, v in enumerate(node))
+                    elif token.isdigit() and int(token) < len(node):
+                        step.append((node[int(token)], (*at, int(token))))
+            frontier = step
+        for node, at in frontier:
+            if isinstance(node, str):
+                out.append(Location(at, node))
+            elif isinstance(node, dict | list):
+                _strings_under(node, at, out)
+    if len(paths.patterns) > 1:
+        seen: set[Path] = set()
+        out = [loc for loc in out if not (loc.path in seen or seen.add(loc.path))]
+    return out
+
+
+def removal_path(path: Path, mode: StripMode) -> Path:
+    """What ``strip`` removes for a link at ``path``.
+
+    ``element``: the innermost array element holding it (the field itself when no array does);
+    ``field``: the field (or array element) holding the string.
+
+    >>> removal_path(("items", 3, "url"), StripMode.ELEMENT)
+    ('items', 3)
+    >>> removal_path(("items", 3, "url"), StripMode.FIELD)
+    ('items', 3, 'url')
+    """
+    if mode is StripMode.ELEMENT:
+        for i in range(len(path) - 1, -1, -1):
+            if isinstance(path[i], int):
+                return path[: i + 1]
+    return path
+
+
+def _parent(doc: Any, path: Path) -> Any:
+    node = doc
+    for step in path[:-1]:
+        node = node[step]
+    return node
+
+
+def apply_edits(
+    doc: Any,
+    *,
+    replacements: Iterable[Replacement] = (),
+    removals: Iterable[Path] = (),
+) -> Any:
+    """Apply rewrites, then removals, to ``doc`` in place and return it.
+
+    Replacements in one string may not overlap; removals may nest (the outer one wins). Removing
+    the document itself is refused with ``ValueError``.
+    """
+    by_path: dict[Path, list[Replacement]] = {}
+    for rep in replacements:
+        by_path.setdefault(rep.path, []).append(rep)
+    for path, reps in by_path.items():
+        if not path:
+            text = doc
+        else:
+            parent = _parent(doc, path)
+            text = parent[path[-1]]
+        for rep in sorted(reps, key=lambda r: r.start, reverse=True):
+            text = text[: rep.start] + rep.value + text[rep.end :]
+        if not path:
+            doc = text
+        else:
+            parent[path[-1]] = text
+    unique = set(removals)
+    if () in unique:
+        raise ValueError("cannot remove the whole document")
+    # Deepest first, then higher indices first, so earlier deletions never shift later ones.
+    ordered: Sequence[Path] = sorted(
+        unique, key=lambda p: (-len(p), -p[-1] if isinstance(p[-1], int) else 0)
+    )
+    for path in ordered:
+        if any(path[:n] in unique for n in range(1, len(path))):
+            continue
+        del _parent(doc, path)[path[-1]]
+    return doc

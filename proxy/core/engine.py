@@ -1,0 +1,66 @@
+"""``Engine``: text scanning -> URL parsing -> classification -> decision, memoised.
+
+The single entry point used by the CLI, the proxy and the middleware. Memoisation is bounded:
+links per input text, and decisions per (text, surface, direction, epoch), where the epoch is how
+many rule start instants have passed — a decision cannot change inside one, so ``at`` itself
+need not be part of the key. Hosts are memoised again inside ``DomainIndex``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+
+from proxy.core.classify import Classifier
+from proxy.core.decide import RuleBook, decide
+from proxy.core.domains import DomainIndex
+from proxy.core.model import Decision, Direction, Link, SurfaceId
+from proxy.core.policy import Policy
+from proxy.core.textscan import TextScanner
+from proxy.core.urls import URLParser
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """The decision engine for one policy; build once at startup and share."""
+
+    def __init__(self, policy: Policy, domains: DomainIndex, *, memo_size: int = 65536) -> None:
+        self.policy = policy
+        self.rulebook = RuleBook(policy.rules)
+        self._scanner = TextScanner(
+            token_min_length=policy.token_min_length, token_max_length=policy.token_max_length
+        )
+        self._classifier = Classifier(
+            policy,
+            domains,
+            URLParser(unwrap_depth=policy.unwrap_depth, redirect_params=policy.redirect_params),
+        )
+        self.links: Callable[[str], tuple[Link, ...]] = lru_cache(maxsize=memo_size)(
+            self._find_links
+        )
+        self._decide_in_epoch = lru_cache(maxsize=memo_size)(self._decide_uncached)
+
+    def _find_links(self, text: str) -> tuple[Link, ...]:
+        """Every link in ``text`` a browser or app could follow, in order."""
+        found = (self._classifier.link(c, text) for c in self._scanner.find(text))
+        return tuple(link for link in found if link is not None)
+
+    def decide(
+        self,
+        text: str,
+        surface: SurfaceId,
+        at: datetime,
+        direction: Direction = Direction.REQUEST,
+    ) -> Decision:
+        """The decision for ``text`` published on ``surface`` at the aware instant ``at``."""
+        if not self.rulebook.boundaries:
+            return decide(self.links(text), surface, at, self.rulebook, direction)
+        return self._decide_in_epoch(text, surface, direction, self.rulebook.epoch(at))
+
+    def _decide_uncached(
+        self, text: str, surface: SurfaceId, direction: Direction, epoch: int
+    ) -> Decision:
+        at = self.rulebook.instant_in(epoch)
+        return decide(self.links(text), surface, at, self.rulebook, direction)

@@ -1,0 +1,149 @@
+"""Pure header work: hop-by-hop removal, forwarding headers, request ids, policy report headers.
+
+No I/O. Hop-by-hop fields are those of RFC 9110 §7.6.1 (``Connection`` and every field it names,
+``Proxy-Connection``, ``Keep-Alive``, ``TE``, ``Transfer-Encoding``, ``Upgrade``) plus the
+proxy-auth pair of RFC 9110 §11.7. ``Host`` is replaced by the upstream's and recorded in
+``X-Forwarded-Host``. Report headers name JSON pointers in their URI-fragment encoding (RFC 6901
+§6) so that every value stays ASCII.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Final
+from urllib.parse import quote
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.core.model import PendingRule
+
+__all__ = [
+    "HOP_BY_HOP",
+    "PENDING",
+    "REQUEST_ID",
+    "REWRITTEN",
+    "SHADOW",
+    "STRIPPED",
+    "downstream_headers",
+    "pending_headers",
+    "pointer_list",
+    "request_id",
+    "upstream_headers",
+]
+
+HOP_BY_HOP: Final = frozenset({
+    "connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization",
+})  # fmt: skip
+REQUEST_ID: Final = "X-Request-Id"
+PENDING: Final = "Link-Policy-Pending"
+SHADOW: Final = "Link-Policy-Shadow"
+STRIPPED: Final = "Link-Policy-Stripped"
+REWRITTEN: Final = "Link-Policy-Rewritten"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def _hop_by_hop(headers: Headers) -> frozenset[str]:
+    named = (
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    )
+    return HOP_BY_HOP | frozenset(t for t in named if t)
+
+
+def request_id(headers: Headers, new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token, else a fresh one.
+
+    >>> request_id(CIMultiDict({"X-Request-Id": "abc-1"}))
+    'abc-1'
+    >>> request_id(CIMultiDict({"X-Request-Id": "bad id\\n"}), lambda: "new")
+    'new'
+    """
+    given = headers.get(REQUEST_ID)
+    return given if given is not None and _VALID_ID.match(given) else new_id()
+
+
+def upstream_headers(
+    headers: Headers,
+    *,
+    peer: str | None,
+    scheme: str,
+    host: str | None,
+    request_id: str,
+    drop: Iterable[str] = (),
+) -> CIMultiDict[str]:
+    """Headers to send upstream: end-to-end fields only, forwarding fields appended.
+
+    >>> out = upstream_headers(CIMultiDict({"Connection": "close, X-Secret", "X-Secret": "1",
+    ...     "Host": "a", "X-Forwarded-For": "10.0.0.1", "Accept": "*/*"}),
+    ...     peer="10.0.0.2", scheme="http", host="a", request_id="r1")
+    >>> sorted(out.items())  # doctest: +NORMALIZE_WHITESPACE
+    [('Accept', '*/*'), ('X-Forwarded-For', '10.0.0.1, 10.0.0.2'), ('X-Forwarded-Host', 'a'),
+     ('X-Forwarded-Proto', 'http'), ('X-Request-Id', 'r1')]
+    """
+    skip = _hop_by_hop(headers) | {"host", "x-request-id"} | {d.lower() for d in drop}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in skip:
+            out.add(name, value)
+    for name, value in (("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme),
+                        ("X-Forwarded-Host", host)):
+        if value:
+            previous = out.popall(name, [])
+            out[name] = ", ".join([*previous, value])
+    out[REQUEST_ID] = request_id
+    return out
+
+
+def downstream_headers(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Headers of an upstream response to pass to the client: end-to-end fields only."""
+    skip = _hop_by_hop(headers) | {d.lower() for d in drop}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in skip:
+            out.add(name, value)
+    return out
+
+
+def pointer_list(pointers: Iterable[str]) -> str:
+    """Pointers in URI-fragment form, space separated (``#/items/0 #/items/3``)."""
+    return " ".join("#" + quote(p, safe="/~-._!$&'()*+;=:@") for p in pointers)
+
+
+def _imf(when: datetime) -> str:
+    return format_datetime(when.astimezone(UTC), usegmt=True)
+
+
+def pending_headers(pending: Iterable[PendingRule]) -> list[tuple[str, str]]:
+    """``Link-Policy-Pending`` per rule, plus ``Deprecation`` (RFC 9745) and ``Sunset``
+    (RFC 8594) at the earliest pending instant: publishing these links stops working then.
+
+    >>> from datetime import timezone, timedelta
+    >>> from proxy.core.model import Action
+    >>> rule = PendingRule("r1", "taobao", "live", Action.BLOCK,
+    ...                    datetime(2022, 3, 1, tzinfo=timezone(timedelta(hours=8))))
+    >>> pending_headers([rule])  # doctest: +NORMALIZE_WHITESPACE
+    [('Link-Policy-Pending', 'rule=r1; platform=taobao; surface=live; action=block;
+      effective=2022-03-01T00:00:00+08:00'),
+     ('Deprecation', '@1646064000'), ('Sunset', 'Mon, 28 Feb 2022 16:00:00 GMT')]
+    """
+    rules = sorted(set(pending), key=lambda p: (p.effective_from, p.rule))
+    if not rules:
+        return []
+    out = [
+        (PENDING, f"rule={p.rule}; platform={p.platform}; surface={p.surface}; "
+                  f"action={p.action}; effective={p.effective_from.isoformat()}")
+        for p in rules
+    ]
+    first = rules[0].effective_from
+    out.append(("Deprecation", f"@{int(first.timestamp())}"))
+    out.append(("Sunset", _imf(first)))
+    return out
+

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what is missing, then
+# lint (ruff), types (mypy), Prometheus rule checks (promtool) and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if ((${#need_apt[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+# redis-server and prometheus start system services on install; the tests start their own.
+(service redis-server stop || true) >/dev/null 2>&1
+(service prometheus stop || true) >/dev/null 2>&1
+
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "== ruff"; ruff check proxy tests bench
+echo "== mypy"; mypy proxy
+echo "== promtool"
+promtool check rules deploy/prometheus/alerts.yaml
+promtool test rules deploy/prometheus/alerts_test.yaml
+echo "== pytest"
+python3 -m pytest -p no:cacheprovider "$@"
