@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     policy = load_policy()
-    extractor = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # noqa: TID251
+    extractor = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
     extractor.extract_str("warm.example.com")
 
     pool = realistic(1000)

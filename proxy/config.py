@@ -104,6 +104,12 @@ class Settings:
     log_level: str = "INFO"
 
 
+_LIMITS: Final = Limits()
+_TIMEOUTS: Final = Timeouts()
+_D: Final[Mapping[str, Any]] = {
+    "host": "127.0.0.1", "port": 8080, "grace_period": 10.0, "metrics_port": 9108, "workers": 1,
+    "pool_size": 256, "log_level": "INFO",
+}  # fmt: skip
 _ENV: Final[Mapping[str, str]] = {
     "CART_PROXY_HOST": "listen.host",
     "CART_PROXY_PORT": "listen.port",
@@ -248,39 +254,39 @@ def settings_from_policy(
     check = _Checker(raw)
     port = _integer(0, 65535)
     limits = Limits(
-        max_body_bytes=check.get("limits.max_body_bytes", Limits.max_body_bytes, _size,
+        max_body_bytes=check.get("limits.max_body_bytes", _LIMITS.max_body_bytes, _size,
                                  "a size such as 1048576 or '1MiB'"),
-        max_decoded_bytes=check.get("limits.max_decoded_bytes", Limits.max_decoded_bytes, _size,
+        max_decoded_bytes=check.get("limits.max_decoded_bytes", _LIMITS.max_decoded_bytes, _size,
                                     "a size such as 8388608 or '8MiB'"),
-        max_json_depth=check.get("limits.max_json_depth", Limits.max_json_depth,
+        max_json_depth=check.get("limits.max_json_depth", _LIMITS.max_json_depth,
                                  _integer(1, ORJSON_MAX_DEPTH - 1),
                                  f"a whole number from 1 to {ORJSON_MAX_DEPTH - 1}"),
         non_json=check.get("limits.non_json", NonJSON.REJECT, NonJSON, "'reject' or 'pass'"),
     )
     timeouts = Timeouts(
-        connect=check.get("timeouts.connect", Timeouts.connect, _seconds(False),
+        connect=check.get("timeouts.connect", _TIMEOUTS.connect, _seconds(False),
                           "seconds, more than 0 and at most 3600"),
-        read=check.get("timeouts.read", Timeouts.read, _seconds(False),
+        read=check.get("timeouts.read", _TIMEOUTS.read, _seconds(False),
                        "seconds, more than 0 and at most 3600"),
-        total=check.get("timeouts.total", Timeouts.total, _seconds(True),
+        total=check.get("timeouts.total", _TIMEOUTS.total, _seconds(True),
                         "seconds, at most 3600 (0 = no limit)"),
     )
     settings = Settings(
         policy=policy,
-        host=check.get("listen.host", Settings.host, _host, "a host name or address"),
-        port=check.get("listen.port", Settings.port, port, "a port number 0..65535"),
+        host=check.get("listen.host", _D['host'], _host, "a host name or address"),
+        port=check.get("listen.port", _D['port'], port, "a port number 0..65535"),
         upstream=check.get("upstream", URL("http://127.0.0.1:8081"), _upstream,
                            "an http(s) origin such as http://10.0.0.5:8081 (no path or query)"),
         limits=limits,
         timeouts=timeouts,
-        grace_period=check.get("grace_period", Settings.grace_period, _seconds(False),
+        grace_period=check.get("grace_period", _D['grace_period'], _seconds(False),
                                "seconds, more than 0 and at most 3600"),
-        metrics_port=check.get("metrics_port", Settings.metrics_port, port,
+        metrics_port=check.get("metrics_port", _D['metrics_port'], port,
                                "a port number 0..65535 (0 = off)"),
-        workers=check.get("workers", Settings.workers, _integer(1, 64), "a whole number 1..64"),
-        pool_size=check.get("pool_size", Settings.pool_size, _integer(1, 10000),
+        workers=check.get("workers", _D['workers'], _integer(1, 64), "a whole number 1..64"),
+        pool_size=check.get("pool_size", _D['pool_size'], _integer(1, 10000),
                             "a whole number 1..10000"),
-        log_level=check.get("log_level", Settings.log_level, _log_level,
+        log_level=check.get("log_level", _D['log_level'], _log_level,
                             "one of DEBUG, INFO, WARNING, ERROR"),
     )
     errors.extend(check.errors)

@@ -2,7 +2,8 @@
 (``RedisFlagStore``), read by the proxy through ``FlagSource.snapshot()``.
 
 Redis layout (every key carries the hash tag ``{clp-flags}``, so all of them live in one cluster
-slot and a change is one ``MULTI``/``EXEC`` transaction even on Redis Cluster):
+slot and a change is one round trip to one node: a ``MULTI``/``EXEC`` transaction, or on Redis
+Cluster a plain pipeline, since redis-py's asyncio cluster transactions are unreliable):
 
 * ``{clp-flags}:rollout`` — hash; field ``<surface>/<rule>`` (``*`` for "any"), value
   ``{"mode": "shadow", "percent": 10}``. ``*/*`` overrides the default flag.
@@ -378,7 +379,9 @@ class RedisFlagStore:
         at = self._clock().isoformat()
         record = {"actor": actor, "at": at, "action": action,
                   "detail": json.dumps(detail, sort_keys=True)}
-        pipe = self._client.pipeline(transaction=True)
+        # One slot, one node: MULTI/EXEC on a single server; redis-py's asyncio cluster
+        # transactions are unreliable, so a cluster gets a plain pipeline (still one round trip).
+        pipe = self._client.pipeline(transaction=not isinstance(self._client, RedisCluster))
         apply(pipe)
         pipe.incr(REV_KEY)
         pipe.xadd(AUDIT_KEY, record, maxlen=AUDIT_MAXLEN, approximate=True)  # type: ignore[arg-type]

@@ -50,6 +50,8 @@ Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
 
 def _hop_by_hop(headers: Headers) -> frozenset[str]:
+    if "Connection" not in headers:
+        return HOP_BY_HOP
     named = (
         token.strip().lower()
         for value in headers.getall("Connection", ())
@@ -67,7 +69,9 @@ def request_id(headers: Headers, new_id: Callable[[], str] = lambda: uuid.uuid4(
     'new'
     """
     given = headers.get(REQUEST_ID)
-    return given if given is not None and _VALID_ID.match(given) else new_id()
+    if given is not None and _VALID_ID.match(given):
+        return given
+    return new_id()
 
 
 def upstream_headers(
@@ -93,11 +97,13 @@ def upstream_headers(
     for name, value in headers.items():
         if name.lower() not in skip:
             out.add(name, value)
-    for name, value in (("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme),
-                        ("X-Forwarded-Host", host)):
-        if value:
-            previous = out.popall(name, [])
-            out[name] = ", ".join([*previous, value])
+    forwarded: tuple[tuple[str, str | None], ...] = (
+        ("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme), ("X-Forwarded-Host", host)
+    )
+    for field, added in forwarded:
+        if added:
+            previous = out.popall(field, [])
+            out[field] = ", ".join([*previous, added])
     out[REQUEST_ID] = request_id
     return out
 

@@ -25,7 +25,15 @@ from aiohttp import StreamReader
 
 from proxy.errors import BodyTooLarge, InvalidEncoding, JSONTooDeep, MalformedJSON
 
-__all__ = ["Body", "decode_content", "is_json", "parse_json", "read_body", "read_json"]
+__all__ = [
+    "Body",
+    "content_length",
+    "decode_content",
+    "is_json",
+    "parse_json",
+    "read_body",
+    "read_json",
+]
 
 # One JSON string (escapes unrolled for speed), then the colon that makes it an object key.
 _STRING_THEN_COLON: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"[ \t\r\n]*(:?)')
@@ -201,18 +209,25 @@ def parse_json(data: bytes, *, max_depth: int) -> Any:
     return doc
 
 
+def content_length(headers: Mapping[str, str]) -> int | None:
+    length = headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
 async def read_json(
     content: StreamReader,
-    headers: Mapping[str, str],
     *,
+    length: int | None,
+    encoding: str | None,
     max_body_bytes: int,
     max_decoded_bytes: int,
     max_json_depth: int,
 ) -> Body:
-    """Read, decode and parse one message body under the given limits."""
-    length = headers.get("Content-Length")
-    declared = int(length) if length is not None and length.isdigit() else None
-    raw = await read_body(content, declared=declared, limit=max_body_bytes)
-    encoding = headers.get("Content-Encoding")
+    """Read, decode and parse one message body under the given limits.
+
+    ``length`` is the declared Content-Length (None: read up to the limit), ``encoding`` the
+    Content-Encoding still to undo (None when the body arrives decoded).
+    """
+    raw = await read_body(content, declared=length, limit=max_body_bytes)
     decoded = decode_content(raw, encoding, limit=max_decoded_bytes)
     return Body(raw, parse_json(decoded, max_depth=max_json_depth), decoded is not raw)

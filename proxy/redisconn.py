@@ -157,6 +157,18 @@ def parse_redis_url(
     )
 
 
+class _SentinelMaster(Redis):
+    """The master found through sentinels; closing it closes the sentinel connections too."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel_manager is not None:
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
+
+
 def connect(settings: RedisSettings) -> RedisClient:
     """A client for ``settings``; nothing is sent until the first command."""
     if settings.topology is Topology.SINGLE:
@@ -188,9 +200,9 @@ def connect(settings: RedisSettings) -> RedisClient:
     )
     if settings.service_name is None:
         raise ConfigError("redis: a sentinel setting needs the service name")
-    master: Redis = sentinel.master_for(
+    master: _SentinelMaster = sentinel.master_for(
         settings.service_name,
-        redis_class=Redis,
+        redis_class=_SentinelMaster,
         db=settings.db,
         username=settings.username,
         password=settings.password,
@@ -198,4 +210,5 @@ def connect(settings: RedisSettings) -> RedisClient:
         socket_connect_timeout=settings.connect_timeout,
         max_connections=settings.max_connections,
     )
+    master.sentinel_manager = sentinel
     return master

@@ -4,7 +4,8 @@ For a link whose host is a listed shortener (``ResolverSettings.shorteners``: th
 subdomain of it, never a substring), ``ShortLinkResolver`` follows redirects — ``HEAD`` first, and
 ``GET`` when a server refuses ``HEAD`` (any 4xx/5xx that is not a redirect) — for at most
 ``max_hops`` redirects within ``budget`` seconds, and returns where the chain ends. A redirect to a
-non-HTTP scheme (an app deep link such as ``tbopen://...``) ends the chain without being fetched.
+non-HTTP scheme (an app deep link such as ``tbopen://...``) ends the chain without being fetched,
+and so does a redirect to a host that cannot be reached (the URL named is the destination).
 
 The SSRF guard, checked on every hop before any connection is made:
 
@@ -132,6 +133,9 @@ class Resolution:
     final: str
     chain: tuple[str, ...]
     """Every URL visited, the link first and ``final`` last."""
+    complete: bool = True
+    """False when ``final`` is a redirect target that could not be fetched (refused connection,
+    DNS failure): the best knowledge of the destination, which is then judged as it stands."""
 
 
 class ResolveMetrics(Protocol):
@@ -149,8 +153,8 @@ def address_refusal(address: IPAddress, allow: tuple[IPNetwork, ...] = ()) -> st
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address_refusal(address.ipv4_mapped, allow)
-    for attribute in ("unspecified", "loopback", "link_local", "multicast", "private",
-                      "reserved"):
+    for attribute in ("unspecified", "loopback", "link_local", "multicast", "reserved",
+                      "private"):
         if getattr(address, f"is_{attribute}"):
             return f"{attribute.replace('_', '-')} address"
     if not address.is_global:
@@ -235,18 +239,31 @@ class ShortLinkResolver:
     def __init__(
         self,
         settings: ResolverSettings,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None = None,
         *,
         clock: MonotonicClock,
         cache: DecisionCache | None = None,
         metrics: ResolveMetrics | None = None,
     ) -> None:
+        """Without ``session``, ``start()`` builds one (``build_session``) and ``aclose()``
+        closes it; a given session belongs to the caller."""
         self.settings = settings
         self._session = session
+        self._owns_session = session is None
         self._clock = clock
         self._cache = cache
         self._metrics = metrics
         self._limit = asyncio.Semaphore(settings.concurrency)
+
+    async def start(self) -> None:
+        """Open the resolver's own session (inside the running loop, as aiohttp requires)."""
+        if self._session is None:
+            self._session = build_session(self.settings)
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
 
     def handles(self, url: str) -> bool:
         """Whether ``url`` is on a listed shortener (and so worth resolving)."""
@@ -335,7 +352,16 @@ class ShortLinkResolver:
             if current.scheme not in _FETCHED_SCHEMES and len(chain) > 1:
                 return Resolution(url, str(current), tuple(chain))
             _check(current, self.settings)
-            location = await self._hop(current)
+            try:
+                location = await self._hop(current)
+            except ResolveRefused:
+                raise
+            except ResolveError:
+                if len(chain) == 1:
+                    raise
+                # The shortener answered and named a destination that cannot be reached:
+                # that destination is what the link leads to.
+                return Resolution(url, str(current), tuple(chain), complete=False)
             if location is None:
                 return Resolution(url, str(current), tuple(chain))
             try:
@@ -358,6 +384,8 @@ class ShortLinkResolver:
         return None
 
     async def _request(self, method: str, url: URL) -> tuple[int, str | None]:
+        if self._session is None:
+            raise ResolveError("the resolver is not started")
         try:
             async with self._session.request(method, url, allow_redirects=False) as response:
                 if method == "GET":
@@ -366,6 +394,8 @@ class ShortLinkResolver:
                     if not response.content.at_eof():
                         response.close()
                 return response.status, response.headers.get("Location")
+        except TimeoutError:
+            raise  # the budget, not the server, decides (aiohttp's timeouts are ClientErrors too)
         except aiohttp.ClientConnectorDNSError as exc:
             if isinstance(exc.os_error, _AddressRefusedError):
                 raise ResolveRefused(str(exc.os_error)) from exc

@@ -22,6 +22,7 @@ from proxy.core.policy import Policy
 from proxy.core.rollout import FlagSnapshot
 from proxy.core.routes import RouteMatch, RouteTable
 from proxy.health import Health
+from proxy.inspection import Inspector
 from proxy.metrics import ProxyMetrics
 from proxy.tasks import Tasks
 from proxy.upstream import Upstream
@@ -53,6 +54,10 @@ class FlagSource(Protocol):
 
 
 class LinkResolver(Protocol):
+    def handles(self, url: str) -> bool:
+        """True for a link of a listed shortener host."""
+        ...
+
     async def resolve_many(self, urls: Sequence[str]) -> Mapping[str, str | None]:
         """Where each short link leads (None: unknown); must not raise."""
         ...
@@ -72,6 +77,7 @@ class StaticFlags:
 class Services:
     settings: Settings
     engine: Engine
+    inspector: Inspector
     routes: RouteTable
     upstream: Upstream
     flags: FlagSource
@@ -80,8 +86,7 @@ class Services:
     health: Health
     tasks: Tasks = field(default_factory=Tasks)
     resolver: LinkResolver | None = None
-    shorteners: frozenset[str] = frozenset()
-    """Hosts whose links go through ``resolver`` before they are judged."""
+    """Resolves short links of the hosts it ``handles``; None: links are judged as written."""
 
 
 SERVICES = web.AppKey("cart_link_proxy.services", Services)

@@ -11,6 +11,7 @@ stand nearest to it in the text, else to the policy's default token platform.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
@@ -32,6 +33,7 @@ __all__ = ["Classifier"]
 
 _PACKAGE = re.compile(r"[;?&#]package=([A-Za-z0-9_.]+)")
 _SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+_CZ_MARK = re.compile("CZ[0-9]{4}")
 
 
 class Classifier:
@@ -53,8 +55,9 @@ class Classifier:
         written = text[candidate.start : candidate.end]
         if candidate.kind is CandidateKind.TOKEN:
             token = self._token_match(candidate, text)
-            return Link(written, candidate.start, candidate.end, None, None,
-                        (token,) if token else ())
+            if token is None:
+                return None
+            return Link(written, candidate.start, candidate.end, None, None, (token,))
         layers = self._parser.layers(candidate.value)
         if not layers or not self._followable(candidate.value, layers[0]):
             return None
@@ -118,10 +121,19 @@ class Classifier:
         if best is not None:
             return LayerMatch(best[1], LinkKind.PASSWORD_TOKEN,
                               Evidence(0, "", f"password token near {best[2]!r}"))
-        if self._token_default is None:
+        # With no platform named nearby, only a code between currency signs or with a "CZ1234"
+        # mark is taken for a token: "(iPhone15ProMax)" in a title is a model name.
+        if self._token_default is None or not _has_token_mark(text[candidate.start : candidate.end]):
             return None
         return LayerMatch(self._token_default, LinkKind.PASSWORD_TOKEN,
                           Evidence(0, "", "password token shape (default token platform)"))
+
+
+def _has_token_mark(written: str) -> bool:
+    """Whether a token's span carries a currency-sign delimiter or a "CZ1234" mark."""
+    return any(unicodedata.category(ch) == "Sc" for ch in written if not ch.isalnum()) or (
+        _CZ_MARK.search(written) is not None
+    )
 
 
 def _path_and_query(href: str) -> tuple[str, str]:

@@ -57,11 +57,34 @@ class Replacement(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class _Trie:
+    """Link paths sharing prefixes, walked once: ``/items/*/url`` and ``/items/*/title`` visit
+    each item once. ``leaf``: a path ends here (select every string at or below)."""
+
+    children: tuple[tuple[str, _Trie], ...]
+    leaf: bool
+
+
+@dataclass(frozen=True, slots=True)
 class LinkPaths:
     """Compiled link locations of one route."""
 
     patterns: tuple[tuple[str, ...], ...]
     everything: bool
+    trie: _Trie = _Trie((), False)
+    overlapping: bool = False
+    """Some string may be reached by two paths (then results are deduplicated)."""
+
+
+def _build_trie(patterns: Sequence[tuple[str, ...]]) -> _Trie:
+    leaf = any(not p for p in patterns)
+    heads: dict[str, list[tuple[str, ...]]] = {}
+    for pattern in patterns:
+        if pattern:
+            heads.setdefault(pattern[0], []).append(pattern[1:])
+    # '*' first, then literals, so a literal also matched by '*' is found (and deduplicated).
+    order = sorted(heads, key=lambda token: token != WILDCARD)
+    return _Trie(tuple((token, _build_trie(heads[token])) for token in order), leaf)
 
 
 def _unescape(token: str) -> str:
@@ -79,7 +102,16 @@ def compile_paths(links: Iterable[str]) -> LinkPaths:
             patterns.append(("",))
         else:
             patterns.append(tuple(_unescape(t) for t in link.split("/")[1:]))
-    return LinkPaths(() if everything else tuple(patterns), everything)
+    kept = () if everything else tuple(patterns)
+    trie = _build_trie(kept)
+    return LinkPaths(kept, everything, trie, _overlaps(trie))
+
+
+def _overlaps(trie: _Trie) -> bool:
+    tokens = [token for token, _ in trie.children]
+    if (trie.leaf and tokens) or (WILDCARD in tokens and len(tokens) > 1):
+        return True
+    return any(_overlaps(child) for _, child in trie.children)
 
 
 def pointer(path: Path) -> str:
@@ -97,7 +129,7 @@ def resolve_pointer(doc: object, ptr: str) -> object | None:
     >>> resolve_pointer({"a": [1, {"b": 2}]}, "/a/1/b")
     2
     """
-    node: Any = doc
+    node: object = doc
     if not ptr:
         return node
     for raw in ptr.split("/")[1:]:
@@ -131,32 +163,37 @@ def select(doc: object, paths: LinkPaths) -> list[Location]:
     out: list[Location] = []
     if paths.everything:
         _strings_under(doc, (), out)
-        return out
-    for pattern in paths.patterns:
-        frontier: list[tuple[object, Path]] = [(doc, ())]
-        for token in pattern:
-            step: list[tuple[object, Path]] = []
-            for node, at in frontier:
-                if isinstance(node, dict):
-                    if token == WILDCARD:
-                        step.extend((v, (*at, k)) for k, v in node.items())
-                    elif token in node:
-                        step.append((node[token], (*at, token)))
-                elif isinstance(node, list):
-                    if token == WILDCARD:
-                        step.extend((v, (*at, i)) for i, v in enumerate(node))
-                    elif token.isdigit() and int(token) < len(node):
-                        step.append((node[int(token)], (*at, int(token))))
-            frontier = step
-        for node, at in frontier:
-            if isinstance(node, str):
-                out.append(Location(at, node))
-            elif isinstance(node, dict | list):
-                _strings_under(node, at, out)
-    if len(paths.patterns) > 1:
-        seen: set[Path] = set()
-        out = [loc for loc in out if not (loc.path in seen or seen.add(loc.path))]
+    elif paths.trie.children or paths.trie.leaf:
+        _walk(doc, (), paths.trie, out)
+        if paths.overlapping:
+            unique: dict[Path, Location] = {}
+            for loc in out:
+                unique.setdefault(loc.path, loc)
+            out = list(unique.values())
     return out
+
+
+def _walk(node: object, at: Path, trie: _Trie, out: list[Location]) -> None:
+    if trie.leaf:
+        if isinstance(node, str):
+            out.append(Location(at, node))
+        elif isinstance(node, dict | list):
+            _strings_under(node, at, out)
+        return
+    if isinstance(node, dict):
+        for token, child in trie.children:
+            if token == WILDCARD:
+                for key, value in node.items():
+                    _walk(value, (*at, key), child, out)
+            elif token in node:
+                _walk(node[token], (*at, token), child, out)
+    elif isinstance(node, list):
+        for token, child in trie.children:
+            if token == WILDCARD:
+                for index, value in enumerate(node):
+                    _walk(value, (*at, index), child, out)
+            elif token.isdigit() and int(token) < len(node):
+                _walk(node[int(token)], (*at, int(token)), child, out)
 
 
 def removal_path(path: Path, mode: StripMode) -> Path:

@@ -32,6 +32,7 @@ class Engine:
         self._scanner = TextScanner(
             token_min_length=policy.token_min_length, token_max_length=policy.token_max_length
         )
+        self._domains = domains
         self._classifier = Classifier(
             policy,
             domains,
@@ -46,6 +47,14 @@ class Engine:
         """Every link in ``text`` a browser or app could follow, in order."""
         found = (self._classifier.link(c, text) for c in self._scanner.find(text))
         return tuple(link for link in found if link is not None)
+
+    def needs_resolution(self, link: Link) -> bool:
+        """Whether ``link`` goes through a generic shortener the policy says to resolve."""
+        if link.host is None or not self.policy.shorteners:
+            return False
+        if link.host in self.policy.shorteners:
+            return True
+        return self._domains.lookup(link.host).registrable in self.policy.shorteners
 
     def decide(
         self,
@@ -63,4 +72,6 @@ class Engine:
         self, text: str, surface: SurfaceId, direction: Direction, epoch: int
     ) -> Decision:
         at = self.rulebook.instant_in(epoch)
-        return decide(self.links(text), surface, at, self.rulebook, direction)
+        # Straight to _find_links: the decision memo already holds these links, and a second
+        # memo entry per unique input would only double what the garbage collector walks.
+        return decide(self._find_links(text), surface, at, self.rulebook, direction)

@@ -50,6 +50,9 @@ _T = TypeVar("_T")
 class Surface:
     id: SurfaceId
     title: str
+    unresolved: Action = Action.ALLOW
+    """What happens to a short link that cannot be resolved in time: ``allow`` (and record it)
+    or ``block``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,8 @@ class Policy:
     token_default_platform: PlatformId | None
     unwrap_depth: int
     redirect_params: frozenset[str]
+    shorteners: frozenset[str]
+    """Hosts (or registrable domains) of generic shorteners whose targets must be resolved."""
     rollout: RolloutDefaults
     seller: SellerSource
     routes: tuple[RouteSpec, ...]
@@ -222,6 +227,9 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
     links = reader.mapping(data.get("links", {}), "links")
     unwrap_depth = reader.integer(links.get("unwrap_depth", 4), "links.unwrap_depth", 0, 8)
     redirect_params = reader.strings(links.get("redirect_params", []), "links.redirect_params")
+    shorteners = reader.lowered(links.get("shorteners", []), "links.shorteners")
+    reader.unknown_keys(links, "links", {"unwrap_depth", "redirect_params", "shorteners"})
+    reader.unknown_keys(tokens, "tokens", {"min_length", "max_length", "default_platform"})
     rollout = reader.rollout(data.get("rollout", {}), surfaces, {r.id for r in rules})
     seller = reader.seller(data.get("seller", {}), "seller", SellerSource())
     routes = reader.routes(data.get("routes", []), surfaces, seller)
@@ -239,6 +247,7 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
         token_default_platform=PlatformId(token_default) if token_default in platforms else None,
         unwrap_depth=unwrap_depth,
         redirect_params=frozenset(p.lower() for p in redirect_params),
+        shorteners=shorteners,
         rollout=rollout,
         seller=seller,
         routes=tuple(routes),
@@ -337,9 +346,16 @@ class _Reader:
         if value is None:
             self.errors.add("surfaces", "required")
         for key, spec in self.mapping(value, "surfaces").items():
-            if self.identifier(key, f"surfaces.{key}"):
-                body = self.mapping(spec, f"surfaces.{key}")
-                result[SurfaceId(key)] = Surface(SurfaceId(key), str(body.get("title", key)))
+            path = f"surfaces.{key}"
+            if self.identifier(key, path):
+                body = self.mapping(spec, path)
+                self._unknown(body, path, {"title", "unresolved"})
+                unresolved = self.enum(body.get("unresolved", "allow"), f"{path}.unresolved",
+                                       Action, Action.ALLOW)
+                if unresolved not in (Action.ALLOW, Action.BLOCK):
+                    self.errors.add(f"{path}.unresolved", "must be allow or block")
+                result[SurfaceId(key)] = Surface(SurfaceId(key), str(body.get("title", key)),
+                                                 unresolved)
         return result
 
     def platforms(self, value: object) -> dict[PlatformId, Platform]:
@@ -567,6 +583,9 @@ class _Reader:
                 self.errors.add(f"{path}[{j}]", f"unknown {what} {name!r} "
                                                 f"(known: {', '.join(sorted(known)) or 'none'})")
         return tuple(n for n in names if n in known)
+
+    def unknown_keys(self, body: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
+        self._unknown(body, path, allowed)
 
     def _unknown(self, body: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
         allowed_set = frozenset(allowed)

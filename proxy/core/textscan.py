@@ -17,6 +17,7 @@ import re
 from typing import Final
 
 from proxy.core.model import Candidate, CandidateKind
+from proxy.core.urls import CANONICAL_HTTP_URL
 
 __all__ = ["TextScanner", "fold_width"]
 
@@ -40,10 +41,16 @@ _CH: Final = (
 # A '"' inside an unencoded JSON deep-link parameter (params={"des":...}) when a '}' follows soon.
 # Possessive loops: nothing follows a body, so backtracking into it could only waste time.
 _BODY: Final = rf'(?:{_CH[:-1]}]++|"(?=[^\s<>]{{0,256}}\}}))*+'
-_ABSOLUTE: Final = re.compile(rf"[A-Za-z][A-Za-z0-9+.\-]{{0,31}}://{_BODY}")
-_RELATIVE: Final = re.compile(
-    rf"//(?<![A-Za-z0-9_:/]//)(?=[A-Za-z0-9%@:.\-]*\.)[A-Za-z0-9%\[]{_BODY}"
+# Any scheme followed by "//"; a special scheme (WHATWG) with any run of slashes or backslashes,
+# since a browser reads "https:/item.taobao.com" and "https:\\item.taobao.com" as that host.
+_ABSOLUTE: Final = re.compile(
+    rf"(?:[A-Za-z][A-Za-z0-9+.\-]{{0,31}}://|(?<![A-Za-z0-9+.\-])(?i:https?|wss?|ftp):[/\\]+){_BODY}"
 )
+# A whole field that is one URL with tabs or newlines inside it: WHATWG removes those characters.
+_WHOLE_FIELD: Final = re.compile(r"(?i:https?|wss?|ftp):[/\\]+[^\s]+|//[^\s/][^\s]*")
+_TAB_OR_NEWLINE: Final = re.compile("[\t\n\r]")
+_C0_OR_SPACE: Final = "".join(map(chr, range(0x21)))
+_RELATIVE: Final = re.compile(rf"//(?<![A-Za-z0-9_:/]//)(?=[A-Za-z0-9%@:.\-]*\.)[A-Za-z0-9%\[]{_BODY}")
 # A bare host of two or more labels ending in an alphabetic or punycode label, not inside a word,
 # a path, a version number or an e-mail address; then an optional port and path.
 _BARE: Final = re.compile(
@@ -138,8 +145,15 @@ class TextScanner:
         """Every link candidate in `text`, in order of position, non-overlapping."""
         if self._quick.search(text) is None:
             return ()
+        # A field that is exactly one canonical URL (the usual `url` field) needs no scanning.
+        if CANONICAL_HTTP_URL.fullmatch(text) and text[-1] not in _TRIM and text[-1] not in _CLOSERS:
+            return (Candidate(CandidateKind.URL, 0, len(text), text),)
         folded = _MATCH_WIDE.sub(_match_fold, text) if _MATCH_WIDE.search(text) else text
         urls = _url_spans(folded)
+        if "\t" in folded or "\n" in folded or "\r" in folded:
+            whole = _whole_field_url(folded, urls)
+            if whole is not None:
+                return (whole,)
         found = [Candidate(CandidateKind.URL, start, end, folded[start:end]) for start, end in urls]
         tokens = self._tokens(folded, urls)
         if tokens:
@@ -171,6 +185,25 @@ class TextScanner:
                 found.append(Candidate(CandidateKind.TOKEN, start, end, code))
                 previous = end
         return found
+
+
+def _whole_field_url(folded: str, urls: list[tuple[int, int]]) -> Candidate | None:
+    """A field holding one URL broken by tabs or newlines (``https://item.tao<TAB>bao.com/``).
+
+    A browser strips ASCII tabs and newlines anywhere in a URL, so such a field leads where the
+    joined URL does. Lines that each start a URL of their own stay separate links.
+    """
+    with_scheme = sum(1 for s, _ in urls if folded.startswith("//", s) or _ABSOLUTE.match(folded, s))
+    if with_scheme > 1:
+        return None
+    start = len(folded) - len(folded.lstrip(_C0_OR_SPACE))
+    end = len(folded.rstrip(_C0_OR_SPACE))
+    if " " in folded[start:end]:
+        return None
+    joined = _TAB_OR_NEWLINE.sub("", folded[start:end])
+    if not _WHOLE_FIELD.fullmatch(joined):
+        return None
+    return Candidate(CandidateKind.URL, start, end, joined)
 
 
 def _start(candidate: Candidate) -> int:
@@ -212,7 +245,7 @@ def _url_spans(folded: str) -> list[tuple[int, int]]:
 
     Absolute URLs first; the other shapes are looked for only between them, never inside one.
     """
-    spans = [m.span() for m in _ABSOLUTE.finditer(folded)] if "://" in folded else []
+    spans = [m.span() for m in _ABSOLUTE.finditer(folded)] if ":" in folded else []
     if "//" in folded:
         for pos, endpos in _gaps(spans, len(folded)):
             if folded.find("//", pos, endpos) >= 0:
@@ -245,12 +278,17 @@ def _gaps(spans: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
 
 def _trimmed_end(folded: str, start: int, end: int) -> int:
     """Drop trailing sentence punctuation and unbalanced closing brackets, as linkify does."""
+    excess: dict[str, int] = {}  # closers minus openers still inside; counted once, so linear
     while end > start:
         last = folded[end - 1]
-        unbalanced = last in _CLOSERS and folded.count(_CLOSERS[last], start, end) < folded.count(
-            last, start, end
-        )
-        if last not in _TRIM and not unbalanced:
-            break
+        if last not in _TRIM:
+            opener = _CLOSERS.get(last)
+            if opener is None:
+                break
+            if last not in excess:
+                excess[last] = folded.count(last, start, end) - folded.count(opener, start, end)
+            if excess[last] <= 0:
+                break
+            excess[last] -= 1
         end -= 1
     return end

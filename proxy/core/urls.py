@@ -22,7 +22,7 @@ from ada_url import parse_url
 
 from proxy.core.model import Layer
 
-__all__ = ["URLParser", "canonical_host"]
+__all__ = ["CANONICAL_HTTP_URL", "URLParser", "canonical_host"]
 
 _ATTRIBUTES: Final = ("href", "hostname")
 # WHATWG special schemes: ada already gives their canonical host.
@@ -36,10 +36,18 @@ _NOT_A_HOST: Final = re.compile(r"[\s/?#@\\]")
 _C0_AND_SPACE: Final = "".join(map(chr, range(0x21)))
 _FRAGMENT_PAIRS: Final = re.compile("[&;]")
 # Could this query or fragment, once decoded, start with "scheme:" or "/"?
-_MAYBE_URL: Final = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.\-]*(?::|%3A|%253A)|/|%2F|%252F", re.IGNORECASE
-)
+_MAYBE_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*(?::|%3A|%253A)|/|%2F|%252F", re.IGNORECASE)
 _MAX_DECODES: Final = 3
+# The common case, already in WHATWG canonical form: lower-case http(s), a lower-case LDH host
+# ending in a letter label (no IPv4 reading, no punycode to validate), no userinfo or port, and a
+# rest with no character WHATWG would encode, no backslash and no dot segment. Such a URL's href
+# and host are the text itself, so ada's parse is skipped (a test checks agreement with ada).
+CANONICAL_HTTP_URL: Final = re.compile(
+    r"(https?)://((?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
+    r"(?:[/?#][A-Za-z0-9\-._~!$&()*+,;=:@/?#%]*)?"
+)
+_DOT_SEGMENT: Final = re.compile(r"/\.|%2e|xn--", re.IGNORECASE)
+_DOT: Final = re.compile("[.\uff0e\u3002\uff61]")  # full-width and ideographic stops are dots too
 
 
 def canonical_host(host: str) -> str:
@@ -66,7 +74,7 @@ def canonical_host(host: str) -> str:
 class URLParser:
     """Parses a link as a browser would and lists every URL nested inside it."""
 
-    __slots__ = ("_depth", "_max_layers", "_redirect")
+    __slots__ = ("_depth", "_max_layers", "_redirect", "_redirect_pair")
 
     def __init__(
         self, *, unwrap_depth: int = 4, redirect_params: Iterable[str] = (), max_layers: int = 16
@@ -78,6 +86,9 @@ class URLParser:
         self._depth = unwrap_depth
         self._max_layers = max_layers
         self._redirect = frozenset(name.lower() for name in redirect_params)
+        # One C-level search tells whether any redirect parameter is present at all.
+        names = "|".join(re.escape(name) for name in sorted(self._redirect)) or "(?!)"
+        self._redirect_pair = re.compile(rf"(?:^|[?&;#])(?:{names})=", re.IGNORECASE)
 
     def layers(self, value: str) -> tuple[Layer, ...]:
         """The link and every URL nested inside it; () when `value` is no URL a browser follows.
@@ -89,7 +100,7 @@ class URLParser:
         root = _parse(value, 0, "link", bare=True)
         if root is None:
             return ()
-        if "?" not in root.href and "#" not in root.href:
+        if not self._may_nest(root.href):
             return (root,)
         found = [root]
         seen = {root.href}
@@ -98,7 +109,7 @@ class URLParser:
         while index < len(found) and len(found) < self._max_layers:
             layer = found[index]
             index += 1
-            if layer.depth >= self._depth:
+            if layer.depth >= self._depth or not self._may_nest(layer.href):
                 continue
             for via, nested, bare in self._nested(layer.href):
                 child = _parse(nested, layer.depth + 1, via, bare=bare)
@@ -108,6 +119,20 @@ class URLParser:
                     if len(found) >= self._max_layers:
                         break
         return tuple(found)
+
+    def _may_nest(self, href: str) -> bool:
+        """Cheap test: without '%', ':' or '/' after the path, or a redirect parameter, nothing nests."""
+        start = href.find("?")
+        if start < 0:
+            start = href.find("#")
+            if start < 0:
+                return False
+        return (
+            href.find("%", start) >= 0
+            or href.find(":", start) >= 0
+            or href.find("/", start) >= 0
+            or self._redirect_pair.search(href, start) is not None
+        )
 
     def _nested(self, href: str) -> Iterator[tuple[str, str, bool]]:
         """(via, candidate URL, scheme-less allowed) for everything in the query and fragment."""
@@ -120,7 +145,6 @@ class URLParser:
             yield from self._section(fragment, "fragment", fragment.partition("?")[2] or fragment)
 
     def _section(self, whole: str, via: str, pairs: str) -> Iterator[tuple[str, str, bool]]:
-        # Without ':', '%' or '/' nothing absolute or scheme-relative can be in here.
         if "%" not in whole and ":" not in whole and "/" not in whole and not self._redirect:
             return
         if _MAYBE_URL.match(whole):
@@ -157,6 +181,11 @@ def _decoded(value: str) -> str:
 
 
 def _parse(value: str, depth: int, via: str, *, bare: bool) -> Layer | None:
+    canonical = CANONICAL_HTTP_URL.fullmatch(value)
+    if canonical is not None and not _DOT_SEGMENT.search(value):
+        cut = canonical.end(2)
+        href = value if value.startswith("/", cut) else f"{value[:cut]}/{value[cut:]}"
+        return Layer(href, canonical.group(1), canonical.group(2), depth, via)
     text = value.strip(_C0_AND_SPACE)
     if not text:
         return None
@@ -168,7 +197,7 @@ def _parse(value: str, depth: int, via: str, *, bare: bool) -> Layer | None:
         if depth:
             return None
         url = text  # mailto:, javascript:, https:\\host: still something a browser follows
-    elif bare and text[0] not in "/\\.?#" and "." in text.partition("/")[0]:
+    elif bare and text[0] not in "/\\.?#" and _DOT.search(text.partition("/")[0]):
         url = "https://" + text
     else:
         return None

@@ -1,0 +1,258 @@
+"""Throughput and latency of cart-link-proxy against a bare aiohttp pass-through proxy.
+
+Run from the repository root:  python bench/proxy_bench.py [--seconds 5] [--long 20]
+
+Starts, each as its own process on 127.0.0.1: an upstream cart stub, a minimal ~30-line aiohttp
+pass-through proxy (the baseline peer, ``--role minimal`` below), and ``cart-link-proxy serve``.
+Drives them with ``wrk`` (POST bodies from a Lua script): short-video cart writes carrying 10
+and 100 JD links (allowed after the cutoff, so every request is inspected and forwarded).
+Prints req/s, ratios against the minimal proxy, p99 at a low fixed concurrency, the proxy's RSS
+before and after a long run, and throughput with ``--workers 1`` and ``2``. Bounded: every run
+has a fixed duration, and every process started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HOST = "127.0.0.1"
+PATH = "/v1/videos/v1/cart/items"
+
+
+# --- the processes under test ------------------------------------------------------------
+def run_upstream(port: int) -> None:
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    app = web.Application(client_max_size=2**24)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    _run(app, port)
+
+
+def run_minimal(port: int, upstream: str) -> None:
+    """The baseline peer: the smallest reasonable aiohttp reverse proxy (about 30 lines)."""
+    import aiohttp
+    from aiohttp import web
+
+    hop = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host",
+           "proxy-connection", "trailer", "content-length"}
+
+    async def session_ctx(app: web.Application) -> Any:
+        app["s"] = aiohttp.ClientSession(auto_decompress=False)
+        yield
+        await app["s"].close()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        async with request.app["s"].request(request.method, upstream + request.raw_path,
+                                            headers=headers, data=body) as r:
+            data = await r.read()
+            out = {k: v for k, v in r.headers.items() if k.lower() not in hop}
+            return web.Response(status=r.status, body=data, headers=out)
+
+    app = web.Application(client_max_size=2**24)
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    _run(app, port)
+
+
+def _run(app: Any, port: int) -> None:
+    import uvloop
+    from aiohttp import web
+
+    uvloop.install() if sys.version_info < (3, 12) else None
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+
+
+# --- the driver ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def body(links: int) -> bytes:
+    items = [{"item_id": str(i), "title": f"京东好物 {i} 限时特价",
+              "url": f"https://item.jd.com/{100012043978 + i}.html", "price": "99.00"}
+             for i in range(links)]
+    return orjson.dumps({"seller_id": "s1", "items": items})
+
+
+def lua(payload: bytes, directory: str) -> str:
+    path = Path(directory) / f"post{len(payload)}.lua"
+    escaped = payload.decode().replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n'
+                    'wrk.headers["X-Seller-Id"] = "s1"\n', encoding="utf-8")
+    return str(path)
+
+
+def wrk(port: int, script: str, seconds: int, connections: int = 32, threads: int = 1
+        ) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "-s", script, f"http://{HOST}:{port}{PATH}"],
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result = {"rps": rps, "non2xx": float(errors[1]) if errors else 0.0}
+    for pct in ("50", "99"):
+        match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if match:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]]
+            result[f"p{pct}_ms"] = float(match[1]) * scale
+    return result
+
+
+def rss_mib(pid: int) -> float:
+    total = 0.0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)],
+                                                     capture_output=True, text=True).stdout.split()]
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+class Fleet:
+    """Every process this run started, stopped by pid at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], port: int, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, env={**os.environ, **(env or {})},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        wait_port(port)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def close(self) -> None:
+        for process in self.processes:
+            self.stop(process)
+
+
+def proxy_command(port: int, upstream: int, workers: int) -> list[str]:
+    script = shutil.which("cart-link-proxy")
+    base = [script] if script else [sys.executable, "-m", "proxy"]
+    return [*base, "serve", "--upstream", f"http://{HOST}:{upstream}", "--port", str(port),
+            "--workers", str(workers), "--metrics-port", "0"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--role", choices=["driver", "upstream", "minimal"], default="driver")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--upstream")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--long", type=int, default=20)
+    args = parser.parse_args()
+    if args.role == "upstream":
+        run_upstream(args.port)
+        return 0
+    if args.role == "minimal":
+        run_minimal(args.port, args.upstream)
+        return 0
+    if not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    fleet = Fleet()
+    me = [sys.executable, __file__]
+    env = {"CART_PROXY_LOG_LEVEL": "WARNING"}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            up, mini, prox = free_port(), free_port(), free_port()
+            fleet.start([*me, "--role", "upstream", "--port", str(up)], up)
+            fleet.start([*me, "--role", "minimal", "--port", str(mini), "--upstream",
+                         f"http://{HOST}:{up}"], mini)
+            proxy = fleet.start(proxy_command(prox, up, 1), prox, env)
+            scripts = {n: lua(body(n), tmp) for n in (10, 100)}
+            s = args.seconds
+            for port in (up, mini, prox):  # warm-up: pools, memo caches
+                wrk(port, scripts[10], 1)
+                wrk(port, scripts[100], 1)
+            rows: list[tuple[str, dict[str, float]]] = []
+            for links in (10, 100):
+                rows.append((f"direct upstream, {links} links", wrk(up, scripts[links], s)))
+                rows.append((f"minimal proxy, {links} links", wrk(mini, scripts[links], s)))
+                rows.append((f"cart-link-proxy, {links} links", wrk(prox, scripts[links], s)))
+            print(f"\n{'target':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+            for name, r in rows:
+                print(f"{name:34} {r['rps']:9.0f} {r.get('p50_ms', 0):8.2f} "
+                      f"{r.get('p99_ms', 0):8.2f} {r['non2xx']:8.0f}")
+            ratio10 = rows[2][1]["rps"] / rows[1][1]["rps"]
+            ratio100 = rows[5][1]["rps"] / rows[4][1]["rps"]
+            print(f"\nratio vs minimal proxy: 10 links {ratio10:.2f}x (target >= 0.9), "
+                  f"100 links {ratio100:.2f}x (target >= 0.7)")
+            low_mini = wrk(mini, scripts[10], s, connections=2)
+            low_prox = wrk(prox, scripts[10], s, connections=2)
+            print(f"p99 at low load (2 connections, 10 links): minimal "
+                  f"{low_mini.get('p99_ms', 0):.2f} ms, cart-link-proxy "
+                  f"{low_prox.get('p99_ms', 0):.2f} ms, added "
+                  f"{low_prox.get('p99_ms', 0) - low_mini.get('p99_ms', 0):+.2f} ms "
+                  f"(target <= 1 ms)")
+            before = rss_mib(proxy.pid)
+            long_run = wrk(prox, scripts[100], args.long)
+            after = rss_mib(proxy.pid)
+            print(f"RSS over a {args.long}s run ({long_run['rps'] * args.long:.0f} requests): "
+                  f"{before:.1f} MiB -> {after:.1f} MiB")
+            fleet.stop(proxy)
+            prox2 = free_port()
+            two = fleet.start(proxy_command(prox2, up, 2), prox2, env)
+            time.sleep(1.0)  # both workers bound
+            wrk(prox2, scripts[10], 1)
+            r2 = wrk(prox2, scripts[10], s, threads=2, connections=64)
+            r1 = rows[2][1]
+            print(f"workers: 1 -> {r1['rps']:.0f} req/s, 2 -> {r2['rps']:.0f} req/s "
+                  f"({r2['rps'] / r1['rps']:.2f}x; {os.cpu_count()} CPUs shared with wrk and "
+                  "the upstream)")
+            fleet.stop(two)
+    finally:
+        fleet.close()
+    return 0
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The catch-all handler: routed writes are inspected, routed reads rewritten, all else streamed.
+
+- Routed write: the body is read under the limits (``proxy.intake``), inspected
+  (``proxy.inspection``) and then refused (422), forwarded edited (strip/rewrite, re-serialised,
+  ``Content-Encoding`` dropped) or forwarded as the **original bytes** (allow, shadow, pending).
+- Routed read: the upstream's 2xx JSON answer is read, inspected as a response and, when edited,
+  re-serialised with a new ``Content-Length``; status and other headers are kept.
+- Everything else: request and response bodies are streamed chunk by chunk in both directions;
+  nothing is buffered, so memory does not grow with the body size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy import headers as hdr
+from proxy import intake
+from proxy.config import NonJSON
+from proxy.core.model import Direction
+from proxy.core.policy import RouteSpec
+from proxy.errors import InputError, UnsupportedMediaType, UpstreamError
+from proxy.inspection import plan_outcome
+from proxy.metrics import PASSTHROUGH_ROUTE
+from proxy.services import REQUEST_ID, ROUTE, SERVICES, Services
+
+__all__ = ["forward"]
+
+_log: Final = logging.getLogger("cart_link_proxy.forwarding")
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+_SMALL: Final = 64 * 1024
+"""Upstream answers up to this size (with a Content-Length) are relayed in one piece."""
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Handle any request the proxy receives (registered for every method and path)."""
+    services = request.app[SERVICES]
+    match = services.routes.match(request.method, request.path)
+    if match is None:
+        return await stream_through(request, services, PASSTHROUGH_ROUTE)
+    request[ROUTE] = match
+    if match.route.direction is Direction.REQUEST:
+        return await _routed_write(request, services, match.route)
+    return await _routed_read(request, services, match.route)
+
+
+def _upstream_headers(request: web.Request, drop: tuple[str, ...] = ()) -> CIMultiDict[str]:
+    return hdr.upstream_headers(
+        request.headers, peer=request.remote, scheme=request.scheme, host=request.host,
+        request_id=request[REQUEST_ID], drop=("Expect", *drop),
+    )
+
+
+async def stream_through(
+    request: web.Request, services: Services, route: str
+) -> web.StreamResponse:
+    """Forward ``request`` as it is, streaming its body, and stream the answer back."""
+    data = request.content if request.body_exists else None
+    response = await services.upstream.send(
+        request.method, request.raw_path, _upstream_headers(request), data,
+        route=route, streaming=True,
+    )
+    try:
+        return await _relay(request, services, response, ())
+    finally:
+        response.release()
+
+
+async def _relay(
+    request: web.Request,
+    services: Services,
+    response: aiohttp.ClientResponse,
+    extra: tuple[tuple[str, str], ...],
+) -> web.StreamResponse:
+    headers = hdr.downstream_headers(response.headers)
+    for name, value in extra:
+        headers.add(name, value)
+    headers[hdr.REQUEST_ID] = request[REQUEST_ID]
+    length = response.content_length
+    if length is not None and length <= _SMALL and request.method != "HEAD":
+        # A small body of known length: one read and one plain response cost fewer loop turns
+        # than a streamed copy, and nothing large is ever held.
+        body = await services.upstream.read(response, limit=_SMALL)
+        return web.Response(status=response.status, reason=response.reason, body=body,
+                            headers=headers)
+    out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+    try:
+        await out.prepare(request)
+        async for chunk in services.upstream.chunks(response):
+            await out.write(chunk)
+    except UpstreamError as exc:
+        # The status line is gone already: the only honest signal left is to cut the
+        # connection, so the client sees a truncated body and not a complete-looking one.
+        _log.warning("upstream broke off a streamed response: %s", exc.detail,
+                     extra={"fields": {"request_id": request[REQUEST_ID]}})
+        if request.transport is not None:
+            request.transport.close()
+        return out
+    except ConnectionError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        return out  # the client went away; aiohttp finishes quietly
+    await out.write_eof()
+    return out
+
+
+async def _routed_write(
+    request: web.Request, services: Services, route: RouteSpec
+) -> web.StreamResponse:
+    limits = services.settings.limits
+    content_type = request.headers.get("Content-Type")
+    if not intake.is_json(content_type):
+        if limits.non_json == NonJSON.PASS:
+            return await stream_through(request, services, route.id)
+        raise UnsupportedMediaType(
+            f"{route.method} {route.path} publishes links and must carry JSON "
+            f"(application/json); got {content_type or 'no Content-Type'}"
+        )
+    body = await intake.read_json(
+        request.content, length=intake.content_length(request.headers),
+        encoding=request.headers.get("Content-Encoding"),
+        max_body_bytes=limits.max_body_bytes, max_decoded_bytes=limits.max_decoded_bytes,
+        max_json_depth=limits.max_json_depth,
+    )
+    plan = await services.inspector.inspect(
+        route, body.doc, headers=request.headers, at=services.clock(),
+        request_id=request[REQUEST_ID],
+    )
+    outcome = plan_outcome(plan, body.doc)
+    if outcome.body is None:
+        data, drop = body.raw, ("Content-Length",)  # type: tuple[bytes, tuple[str, ...]]
+    else:
+        data, drop = outcome.body, ("Content-Length", "Content-Encoding")
+    response = await services.upstream.send(
+        request.method, request.raw_path, _upstream_headers(request, drop), data,
+        route=route.id, streaming=False,
+    )
+    try:
+        return await _relay(request, services, response, outcome.headers)
+    finally:
+        response.release()
+
+
+async def _routed_read(
+    request: web.Request, services: Services, route: RouteSpec
+) -> web.StreamResponse:
+    limits = services.settings.limits
+    data = request.content if request.body_exists else None
+    response = await services.upstream.send(
+        request.method, request.raw_path, _upstream_headers(request), data,
+        route=route.id, streaming=False,
+    )
+    try:
+        if (request.method == "HEAD" or not 200 <= response.status < 300
+                or response.status in _NO_BODY_STATUS
+                or not intake.is_json(response.headers.get("Content-Type"))):
+            return await _relay(request, services, response, ())
+        raw = await services.upstream.read(response, limit=limits.max_body_bytes)
+    finally:
+        response.release()
+    encoding = response.headers.get("Content-Encoding")
+    try:
+        decoded = intake.decode_content(raw, encoding, limit=limits.max_decoded_bytes)
+        doc = intake.parse_json(decoded, max_depth=limits.max_json_depth)
+    except InputError as exc:
+        raise UpstreamError(f"the cart service's response cannot be inspected: {exc.detail}") \
+            from exc
+    plan = await services.inspector.inspect(
+        route, doc, headers=request.headers, at=services.clock(), request_id=request[REQUEST_ID]
+    )
+    outcome = plan_outcome(plan, doc)
+    if outcome.body is None:
+        body, drop = raw, ("Content-Length",)  # type: tuple[bytes, tuple[str, ...]]
+    else:
+        body, drop = outcome.body, ("Content-Length", "Content-Encoding")
+    headers = hdr.downstream_headers(response.headers, drop=drop)
+    for name, value in outcome.headers:
+        headers.add(name, value)
+    headers[hdr.REQUEST_ID] = request[REQUEST_ID]
+    return web.Response(status=response.status, reason=response.reason, body=body,
+                        headers=headers)

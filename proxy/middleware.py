@@ -1,0 +1,217 @@
+"""aiohttp middlewares: the proxy's own (request id, metrics, error-to-problem) and
+``policy_middleware``, which applies the link policy inside an aiohttp cart service.
+
+``policy_middleware`` runs the same ``proxy.inspection`` as the proxy over the same route table,
+so a cart service gets the same decisions, the same headers and the same problem+json errors::
+
+    from proxy.middleware import policy_middleware
+    from proxy.policyfile import build_engine, load_policy
+
+    engine = build_engine(load_policy("config/policy.yaml"))
+    app = web.Application(middlewares=[policy_middleware(engine=engine)])
+
+Handlers behind it must read bodies with ``await request.read()`` / ``json()`` / ``text()``
+(the inspected, possibly edited body is handed over that way; ``request.content`` is consumed).
+Routed responses are inspected when the handler returns a ``web.Response`` with a JSON body
+(``web.json_response``); a ``StreamResponse`` is passed on as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDict
+
+from proxy import headers as hdr
+from proxy import intake, problem
+from proxy.config import Limits, NonJSON
+from proxy.core.engine import Engine
+from proxy.core.model import Direction
+from proxy.core.policy import RouteSpec
+from proxy.core.routes import RouteTable
+from proxy.errors import ClientFacingError, InputError, UnsupportedMediaType, UpstreamError
+from proxy.inspection import Inspector, plan_outcome
+from proxy.metrics import PASSTHROUGH_ROUTE, ProxyMetrics
+from proxy.services import REQUEST_ID, ROUTE, Clock, FlagSource, StaticFlags, system_clock
+
+__all__ = [
+    "metrics_middleware",
+    "policy_middleware",
+    "problem_middleware",
+    "request_id_middleware",
+]
+
+_NONE: Final = "none"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take the client's ``X-Request-Id`` (or make one), store it, echo it on the response."""
+    request_id = hdr.request_id(request.headers)
+    request[REQUEST_ID] = request_id
+    response = await handler(request)
+    if not response.prepared:
+        response.headers[hdr.REQUEST_ID] = request_id
+    return response
+
+
+def metrics_middleware(metrics: ProxyMetrics) -> Middleware:
+    """Count each request by route, surface, method and the status actually sent."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            with metrics.in_flight():
+                response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # client closed the connection (nginx's convention)
+            raise
+        finally:
+            match = request.get(ROUTE)
+            metrics.observe_request(
+                route=match.route.id if match else PASSTHROUGH_ROUTE,
+                surface=match.route.surface if match else _NONE,
+                method=request.method, status=status, seconds=time.perf_counter() - started,
+            )
+
+    return observe
+
+
+def _render(request: web.Request, exc: ClientFacingError,
+            metrics: ProxyMetrics | None) -> web.Response:
+    if metrics is not None and isinstance(exc, InputError):
+        metrics.observe_bad_input(reason=exc.slug)
+    return problem.render(exc, instance=request.path, request_id=request.get(REQUEST_ID))
+
+
+def problem_middleware(metrics: ProxyMetrics | None = None) -> Middleware:
+    """Turn every ``ClientFacingError`` into problem+json and anything unexpected into a
+    logged 500; aiohttp's own ``HTTPException``s and cancellation pass through."""
+
+    @web.middleware
+    async def render(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ClientFacingError as exc:
+            return _render(request, exc, metrics)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # the one place that turns a bug into a 500 (logged)
+            transport = request.transport
+            if isinstance(exc, ConnectionError) and (transport is None or
+                                                     transport.is_closing()):
+                # The client went away; nobody reads this answer (499, as nginx logs it).
+                return web.Response(status=499)
+            return problem.render_unexpected(exc, instance=request.path,
+                                             request_id=request.get(REQUEST_ID))
+
+    return render
+
+
+def policy_middleware(
+    *,
+    engine: Engine,
+    flags: FlagSource | None = None,
+    metrics: ProxyMetrics | None = None,
+    clock: Clock = system_clock,
+    limits: Limits | None = None,
+    routes: tuple[RouteSpec, ...] | None = None,
+    server_decompresses: bool = True,
+) -> Middleware:
+    """The link policy as an aiohttp middleware for a cart service.
+
+    ``routes`` defaults to the engine's policy routes and ``flags`` to the policy's rollout
+    defaults. ``server_decompresses`` must match the host server's ``auto_decompress`` (aiohttp's
+    default True: bodies arrive decoded, and the decoded size is what ``max_decoded_bytes``
+    bounds).
+    """
+    limits = limits if limits is not None else Limits()
+    table = RouteTable(routes if routes is not None else engine.policy.routes)
+    inspector = Inspector(engine, flags or StaticFlags(engine.policy), metrics=metrics)
+
+    async def write(request: web.Request, handler: Handler, route: RouteSpec,
+                    request_id: str) -> web.StreamResponse:
+        content_type = request.headers.get("Content-Type")
+        if not intake.is_json(content_type):
+            if limits.non_json == NonJSON.PASS:
+                return await handler(request)
+            raise UnsupportedMediaType(
+                f"{route.method} {route.path} publishes links and must carry JSON "
+                f"(application/json); got {content_type or 'no Content-Type'}"
+            )
+        encoding = request.headers.get("Content-Encoding")
+        body = await intake.read_json(
+            request.content,
+            length=None if server_decompresses else intake.content_length(request.headers),
+            encoding=None if server_decompresses else encoding,
+            max_body_bytes=limits.max_decoded_bytes if server_decompresses
+            else limits.max_body_bytes,
+            max_decoded_bytes=limits.max_decoded_bytes, max_json_depth=limits.max_json_depth,
+        )
+        plan = await inspector.inspect(route, body.doc, headers=request.headers, at=clock(),
+                                       request_id=request_id)
+        outcome = plan_outcome(plan, body.doc)
+        if outcome.body is not None:
+            edited = CIMultiDict(request.headers)
+            edited.popall("Content-Encoding", None)
+            edited["Content-Length"] = str(len(outcome.body))
+            request = request.clone(headers=edited)
+        # aiohttp keeps a read body here; the handler's read()/json() return it.
+        request._read_bytes = body.raw if outcome.body is None else outcome.body
+        response = await handler(request)
+        if not response.prepared:
+            for name, value in outcome.headers:
+                response.headers.add(name, value)
+        return response
+
+    async def read(request: web.Request, handler: Handler, route: RouteSpec,
+                   request_id: str) -> web.StreamResponse:
+        response = await handler(request)
+        if (not isinstance(response, web.Response) or response.prepared
+                or not 200 <= response.status < 300
+                or not intake.is_json(response.headers.get("Content-Type"))
+                or not isinstance(response.body, bytes)):
+            return response
+        try:
+            doc = intake.parse_json(response.body, max_depth=limits.max_json_depth)
+        except InputError as exc:
+            raise UpstreamError(f"the cart service's response cannot be inspected: "
+                                f"{exc.detail}") from exc
+        plan = await inspector.inspect(route, doc, headers=request.headers, at=clock(),
+                                       request_id=request_id)
+        outcome = plan_outcome(plan, doc)
+        if outcome.body is not None:
+            response.body = outcome.body
+        for name, value in outcome.headers:
+            response.headers.add(name, value)
+        return response
+
+    @web.middleware
+    async def link_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
+        match = table.match(request.method, request.path)
+        if match is None:
+            return await handler(request)
+        request_id = request.get(REQUEST_ID) or hdr.request_id(request.headers)
+        step: Callable[..., Awaitable[web.StreamResponse]] = (
+            write if match.route.direction is Direction.REQUEST else read
+        )
+        try:
+            return await step(request, handler, match.route, request_id)
+        except ClientFacingError as exc:
+            if metrics is not None and isinstance(exc, InputError):
+                metrics.observe_bad_input(reason=exc.slug)
+            return problem.render(exc, instance=request.path, request_id=request_id)
+
+    return link_policy

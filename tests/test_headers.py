@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from multidict import CIMultiDict
+
+from proxy.core.model import Action, PendingRule, PlatformId, RuleId, SurfaceId
+from proxy.headers import downstream_headers, pending_headers, pointer_list, request_id, upstream_headers
+
+
+def test_hop_by_hop_and_connection_tokens_are_dropped() -> None:
+    incoming = CIMultiDict([
+        ("Connection", "keep-alive, X-A"), ("Connection", "x-b"), ("X-A", "1"), ("X-B", "2"),
+        ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"), ("Proxy-Authorization", "x"), ("Host", "shop"), ("Accept", "*/*"),
+        ("X-Request-Id", "spoofed id"),
+    ])
+    out = upstream_headers(incoming, peer="1.2.3.4", scheme="https", host="shop",
+                           request_id="rid")
+    assert dict(out) == {"Accept": "*/*", "X-Forwarded-For": "1.2.3.4",
+                         "X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop",
+                         "X-Request-Id": "rid"}
+    assert dict(downstream_headers(CIMultiDict({"Connection": "close", "X-Z": "1"}))) == \
+        {"X-Z": "1"}
+
+
+def test_forwarding_headers_append() -> None:
+    out = upstream_headers(CIMultiDict([("X-Forwarded-For", "a"), ("X-Forwarded-For", "b"),
+                                        ("X-Forwarded-Proto", "https")]),
+                           peer="c", scheme="http", host=None, request_id="r", drop=["Accept"])
+    assert out["X-Forwarded-For"] == "a, b, c"
+    assert out["X-Forwarded-Proto"] == "https, http"
+    assert "X-Forwarded-Host" not in out
+
+
+def test_request_id() -> None:
+    assert request_id(CIMultiDict({"X-Request-Id": "abc.DEF-1:2"})) == "abc.DEF-1:2"
+    assert request_id(CIMultiDict({"X-Request-Id": "x" * 129}), lambda: "n") == "n"
+    assert len(request_id(CIMultiDict())) == 32
+
+
+def test_pending_and_pointers() -> None:
+    cut = datetime(2022, 3, 1, tzinfo=timezone(timedelta(hours=8)))
+    rules = [PendingRule(RuleId("b"), PlatformId("jd"), SurfaceId("s"), Action.BLOCK, cut),
+             PendingRule(RuleId("a"), PlatformId("tb"), SurfaceId("s"), Action.BLOCK,
+                         cut + timedelta(days=1))]
+    out = pending_headers(rules + rules)
+    assert [name for name, _ in out] == ["Link-Policy-Pending", "Link-Policy-Pending",
+                                         "Deprecation", "Sunset"]
+    assert out[-1] == ("Sunset", "Mon, 28 Feb 2022 16:00:00 GMT")
+    assert pending_headers([]) == []
+    assert pointer_list(["/items/0", "/标题 x"]) == "#/items/0 #/%E6%A0%87%E9%A2%98%20x"

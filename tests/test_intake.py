@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.errors import BodyTooLarge, InvalidEncoding, JSONTooDeep, MalformedJSON
+from proxy.intake import decode_content, is_json, parse_json
+
+PARSE_ERRORS = [
+    (b"", MalformedJSON),
+    (b"{,}", MalformedJSON),
+    (b'{"a": "\xc3\x28"}', InvalidEncoding),
+    (b'{"a": 1, "a": 2}', MalformedJSON),
+    (b'{"a": {"b": 1, "b" : 1}}', MalformedJSON),
+    (b'[{"k": 1}, {"k": 2, "x": {"k": 1, "k": 3}}]', MalformedJSON),
+    (b"[" * 65 + b"]" * 65, JSONTooDeep),
+    (b"[" * 2000 + b"]" * 2000, JSONTooDeep),
+]
+
+
+@pytest.mark.parametrize(("data", "error"), PARSE_ERRORS, ids=[str(i) for i in range(8)])
+def test_parse_errors(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_json(data, max_depth=64)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a": "\\":", "b": 1}', b'{"a" : 1, "b":"x\\" :"}', b'[[[[1]]]]', b'"x"',
+    b'{"k": 1, "o": {"k": 2}}', "{\"标题\": \"淘宝\"}".encode(),
+])
+def test_valid_documents(data: bytes) -> None:
+    assert parse_json(data, max_depth=64) == orjson.loads(data)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=30))
+def test_any_document_without_duplicates_parses(doc: object) -> None:
+    data = orjson.dumps(doc)
+    assert parse_json(data, max_depth=200) == doc
+
+
+def test_depth_limit_is_inclusive() -> None:
+    assert parse_json(b"[" * 64 + b"]" * 64, max_depth=64) is not None
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "deflate-raw"])
+def test_decode(coding: str) -> None:
+    data = b'{"a": 1}' * 100
+    if coding == "deflate-raw":
+        raw = zlib.compressobj(wbits=-15)
+        encoded, coding = raw.compress(data) + raw.flush(), "deflate"
+    elif coding == "deflate":
+        encoded = zlib.compress(data)
+    else:
+        encoded = gzip.compress(data)
+    assert decode_content(encoded, coding, limit=10_000) == data
+
+
+def test_decode_bomb_and_bad_data() -> None:
+    bomb = gzip.compress(b"\0" * 10_000_000)
+    with pytest.raises(BodyTooLarge):
+        decode_content(bomb, "gzip", limit=1_000_000)
+    with pytest.raises(InvalidEncoding):
+        decode_content(b"nope", "gzip", limit=100)
+    with pytest.raises(InvalidEncoding):
+        decode_content(gzip.compress(b"x" * 100)[:-12], "gzip", limit=1000)
+    with pytest.raises(InvalidEncoding):
+        decode_content(b"x", "br", limit=100)
+    assert decode_content(gzip.compress(b"a") + gzip.compress(b"b"), "gzip", limit=9) == b"ab"
+    assert decode_content(b"x", "identity", limit=1) == b"x"
+
+
+def test_is_json() -> None:
+    assert is_json("application/json")
+    assert is_json("Application/JSON; charset=utf-8")
+    assert is_json("application/merge-patch+json")
+    assert not is_json("text/json-ish")
+    assert not is_json("")
