@@ -3,7 +3,10 @@
 (a) repeated realistic links (the memoised path a busy proxy lives on), target >= 1,000,000/s;
 (b) all-unique inputs with nesting, free text and tokens (cold path), target >= 150,000/s.
 
-    python -m bench.core_bench [--repeat N] [--unique N]
+    python -m bench.core_bench [--repeat N] [--unique N] [--processes N]
+
+Each case runs on one core, then in ``--processes`` worker processes at once (default: one per
+core), as ``serve --workers N`` runs the proxy: the machine's throughput is the sum.
 
 Prints numbers; asserts nothing (speed is checked by reading them, not by a timed test).
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -54,10 +59,42 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
+def _unique_in_worker(job: tuple[int, int]) -> tuple[int, float]:
+    """One process's share of the all-unique case: (inputs decided, seconds)."""
+    offset, count = job
+    engine = build_engine(load_policy())
+    texts = realistic(count, offset=offset)
+    gc.collect()
+    start = time.perf_counter()
+    for text in texts:
+        engine.decide(text, SURFACE, AT)
+    return count, time.perf_counter() - start
+
+
+def _repeated_in_worker(count: int) -> tuple[int, float]:
+    engine = build_engine(load_policy())
+    pool = realistic(1000)
+    for text in pool:
+        engine.decide(text, SURFACE, AT)
+    start = time.perf_counter()
+    for i in range(count):
+        engine.decide(pool[i % 1000], SURFACE, AT)
+    return count, time.perf_counter() - start
+
+
+def parallel(processes: int, worker: Callable[..., tuple[int, float]], jobs: list[object]) -> str:
+    """Run one job per process at once; the rate is all inputs over the slowest process's time."""
+    with multiprocessing.get_context("fork").Pool(processes) as workers:
+        results = workers.map(worker, jobs)
+    total = sum(count for count, _ in results)
+    return rate(total, max(seconds for _, seconds in results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2_000_000)
     parser.add_argument("--unique", type=int, default=200_000)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
     policy = load_policy()
@@ -106,6 +143,13 @@ def main() -> None:
         n1, s1 = timed(mine)
         n2, s2 = timed(theirs)
         print(f"{name:52} {rate(n1, s1):>14} {rate(n2, s2):>14} {(n1 / s1) / (n2 / s2):>6.1f}x")
+    n = args.processes
+    print(f"\nwith {n} worker processes at once (as serve --workers {n}):")
+    share = args.unique // n
+    print(f"{'(a) repeated realistic links':52} "
+          f"{parallel(n, _repeated_in_worker, [args.repeat // n] * n):>14}")
+    print(f"{'(b) all unique, nesting + text + tokens':52} "
+          f"{parallel(n, _unique_in_worker, [(20_000_000 + i * share, share) for i in range(n)]):>14}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from proxy.core.policy import Policy
 from proxy.policyfile import build_engine, load_policy
 from proxy.services import Clock
 
-# The Redis fixtures (a real redis-server on a free port) come from another module:
-# pytest_plugins = ["tests.fixtures_redis"]
+# The Redis fixtures (a real redis-server on a free port) live in their own module; registering
+# it here, at the root, lets pytest rewrite its asserts before any test module imports it.
+pytest_plugins = ["tests.fixtures_redis"]
 
 BEIJING = timezone(timedelta(hours=8))
 CUTOFF = datetime(2022, 3, 1, tzinfo=BEIJING)

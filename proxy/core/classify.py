@@ -61,10 +61,14 @@ class Classifier:
         layers = self._parser.layers(candidate.value)
         if not layers or not self._followable(candidate.value, layers[0]):
             return None
-        matches = tuple(m for layer in layers if (m := self.layer_match(layer)) is not None)
+        matches = []
+        for layer in layers:
+            match = self.layer_match(layer)
+            if match is not None:
+                matches.append(match)
         outer = layers[0]
         return Link(written, candidate.start, candidate.end, outer.href, outer.host or None,
-                    matches)
+                    tuple(matches))
 
     def _followable(self, value: str, outer: Layer) -> bool:
         # A scheme-less candidate ("report.pdf", "v1.2") is a link only if its host has a

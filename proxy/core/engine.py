@@ -8,7 +8,7 @@ need not be part of the key. Hosts are memoised again inside ``DomainIndex``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import lru_cache
 
@@ -45,8 +45,13 @@ class Engine:
 
     def _find_links(self, text: str) -> tuple[Link, ...]:
         """Every link in ``text`` a browser or app could follow, in order."""
-        found = (self._classifier.link(c, text) for c in self._scanner.find(text))
-        return tuple(link for link in found if link is not None)
+        found = []
+        link_for = self._classifier.link
+        for candidate in self._scanner.find(text):
+            link = link_for(candidate, text)
+            if link is not None:
+                found.append(link)
+        return tuple(found)
 
     def needs_resolution(self, link: Link) -> bool:
         """Whether ``link`` goes through a generic shortener the policy says to resolve."""
@@ -67,6 +72,20 @@ class Engine:
         if not self.rulebook.boundaries:
             return decide(self.links(text), surface, at, self.rulebook, direction)
         return self._decide_in_epoch(text, surface, direction, self.rulebook.epoch(at))
+
+    def decide_many(
+        self,
+        texts: Sequence[str],
+        surface: SurfaceId,
+        at: datetime,
+        direction: Direction = Direction.REQUEST,
+    ) -> list[Decision]:
+        """``decide`` for every text of one message, the instant's epoch worked out once."""
+        if not self.rulebook.boundaries:
+            return [decide(self.links(t), surface, at, self.rulebook, direction) for t in texts]
+        epoch = self.rulebook.epoch(at)
+        memo = self._decide_in_epoch
+        return [memo(text, surface, direction, epoch) for text in texts]
 
     def _decide_uncached(
         self, text: str, surface: SurfaceId, direction: Direction, epoch: int

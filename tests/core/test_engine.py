@@ -189,3 +189,10 @@ def test_any_text_decides_without_error(engine: Engine, text: str) -> None:
     for verdict in decision.verdicts:
         assert 0 <= verdict.link.start < verdict.link.end <= len(text)
         assert text[verdict.link.start : verdict.link.end] == verdict.link.text
+
+
+def test_decide_many_matches_decide(engine: Engine) -> None:
+    texts = [v["input"] for v in VECTORS]
+    surface = SurfaceId("livestream_cart")
+    for at in INSTANTS.values():
+        assert engine.decide_many(texts, surface, at) == [engine.decide(t, surface, at) for t in texts]
