@@ -32,7 +32,8 @@ COPY --chown=root:root config/policy.yaml /etc/cart-link-proxy/policy.yaml
 USER 10001:10001
 EXPOSE 8080 9108
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2).status == 200 else 1)"]
+# /healthz lives on the metrics port (every path on the proxy port belongs to the cart service).
 # SIGTERM starts the graceful drain: readiness goes false, in-flight requests finish, then exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["cart-link-proxy"]

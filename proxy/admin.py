@@ -7,7 +7,11 @@ methods as ``cart-link-proxy flags`` (``proxy.flags.RedisFlagStore``), so the au
 both alike; the actor is the ``actor`` field of the body, else the ``X-Actor`` header, else
 ``admin-api``.
 
-    GET  /flags                  the effective flags, the revision, the latest audit entries
+Without Redis the flags are the policy file's (``StaticFlags``): ``GET /flags`` and ``POST
+/explain`` still answer, and every change is a 503 ``flag-store-unavailable`` problem, since there
+is nowhere the fleet would read it from.
+
+    GET  /flags                  the effective flags, their source, the revision, the latest audit
     PUT  /flags/rollout          {"surface"?, "rule"?, "mode", "percent"}
     POST /flags/allow|force|unlist  {"sellers": [...]}
     PUT  /flags/kill             {"on": true|false}
@@ -27,8 +31,14 @@ from aiohttp import web
 from proxy import problem
 from proxy.core.explain import decision_record
 from proxy.core.model import Decision, Direction, RuleId, SurfaceId
-from proxy.errors import ClientFacingError, InvalidFlagChange, MalformedJSON, Unauthorized
-from proxy.flags import FlagAdmin
+from proxy.errors import (
+    ClientFacingError,
+    FlagStoreUnavailable,
+    InvalidFlagChange,
+    MalformedJSON,
+    Unauthorized,
+)
+from proxy.flags import FlagAdmin, FlagSource
 
 __all__ = ["Explainer", "create_admin_app"]
 
@@ -66,12 +76,25 @@ def _actor(request: web.Request, body: dict[str, Any]) -> str:
 
 
 def create_admin_app(
-    *, flags: FlagAdmin, engine: Explainer, token: str, clock: Clock
+    *, flags: FlagSource, engine: Explainer, token: str, clock: Clock
 ) -> web.Application:
-    """The admin application; ``token`` must be non-empty (the API is off without one)."""
+    """The admin application; ``token`` must be non-empty (the API is off without one).
+
+    ``flags`` is changed through when it is a ``FlagAdmin`` (``RedisFlagStore``); any other
+    ``FlagSource`` is read-only and changes answer 503.
+    """
     if not token:
         raise ValueError("the admin API needs a non-empty bearer token")
     expected = token.encode()
+    store = flags if isinstance(flags, FlagAdmin) else None
+
+    def writable() -> FlagAdmin:
+        if store is None:
+            raise FlagStoreUnavailable(
+                "the flags come from the policy file (no REDIS_URL): edit the file's rollout "
+                "section, or run the fleet with Redis to change them here"
+            )
+        return store
 
     @web.middleware
     async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -93,9 +116,10 @@ def create_admin_app(
         count = request.query.get("audit", "20")
         if not count.isdigit() or not 0 < int(count) <= 1000:
             raise InvalidFlagChange("audit must be a count from 1 to 1000")
-        entries = await flags.audit(int(count))
+        entries = await store.audit(int(count)) if store is not None else []
         return _json({
-            "revision": flags.revision,
+            "source": "redis" if store is not None else "policy",
+            "revision": store.revision if store is not None else None,
             "flags": flags.snapshot().to_json(),
             "audit": [
                 {"id": e.id, "actor": e.actor, "at": e.at, "action": e.action,
@@ -108,7 +132,7 @@ def create_admin_app(
         body = await _body(request)
         if "mode" not in body or "percent" not in body:
             raise InvalidFlagChange("give mode and percent (and surface and/or rule)")
-        revision = await flags.set_flag(
+        revision = await writable().set_flag(
             surface=body.get("surface") or None,
             rule=body.get("rule") or None,
             mode=str(body["mode"]),
@@ -122,7 +146,7 @@ def create_admin_app(
         names = body.get("sellers")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise InvalidFlagChange('give "sellers" as a list of seller ids')
-        revision = await flags.list_sellers(
+        revision = await writable().list_sellers(
             request.match_info["which"], names, actor=_actor(request, body)
         )
         return _json({"revision": revision, "flags": flags.snapshot().to_json()})
@@ -131,7 +155,7 @@ def create_admin_app(
         body = await _body(request)
         if not isinstance(body.get("on"), bool):
             raise InvalidFlagChange('give "on": true or false')
-        revision = await flags.set_kill_switch(body["on"], actor=_actor(request, body))
+        revision = await writable().set_kill_switch(body["on"], actor=_actor(request, body))
         return _json({"revision": revision, "flags": flags.snapshot().to_json()})
 
     async def explain(request: web.Request) -> web.Response:

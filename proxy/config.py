@@ -26,12 +26,27 @@ CART_PROXY_READ_TIMEOUT         timeouts.read (seconds)      30
 CART_PROXY_TOTAL_TIMEOUT        timeouts.total (seconds)     60 (0 = none)
 CART_PROXY_POOL_SIZE            pool_size                    256
 CART_PROXY_LOG_LEVEL            log_level                    INFO
+CART_PROXY_ADMIN_PORT           admin.port (0 = off)         0 (off)
+CART_PROXY_ADMIN_TOKEN          (never in the file)          none; required with a port
+CART_PROXY_CACHE_LOCAL_SIZE     cache.local_size             10000 entries
+CART_PROXY_CACHE_LOCAL_TTL      cache.local_ttl (seconds)    60
+CART_PROXY_RESOLVER_BUDGET      resolver.budget (seconds)    2 (0 < b <= 30)
+CART_PROXY_RESOLVER_MAX_HOPS    resolver.max_hops            5 (1..10)
+CART_PROXY_RESOLVER_CACHE_TTL   resolver.cache_ttl (seconds) 86400
+CART_PROXY_RESOLVER_ALLOW_PORTS resolver.allow_ports         none (80 and 443 always)
+CART_PROXY_RESOLVER_ALLOW_NETS  resolver.allow_networks      none (tests only: 127.0.0.0/8)
+REDIS_URL                       (the shared state)           none: in-memory, one replica
 =============================== ============================ ===========================
+
+List values (ports, networks) are YAML lists in the file and comma-separated in the
+environment. The admin token and the Redis URL carry secrets, so they come from the environment
+only (``REDIS_URL`` may hold a password; a token in the file is refused).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -43,6 +58,8 @@ from yarl import URL
 from proxy.core.policy import Policy
 from proxy.errors import ConfigError
 from proxy.policyfile import load_policy
+from proxy.redisconn import RedisSettings, parse_redis_url
+from proxy.resolver import ResolverSettings
 
 __all__ = [
     "Limits",
@@ -55,6 +72,9 @@ __all__ = [
 ]
 
 MIB: Final = 1024 * 1024
+ADMIN_TOKEN_ENV: Final = "CART_PROXY_ADMIN_TOKEN"
+REDIS_URL_ENV: Final = "REDIS_URL"
+MIN_TOKEN_LENGTH: Final = 16
 ORJSON_MAX_DEPTH: Final = 254
 """orjson refuses to serialise deeper documents, so an edited body must stay below it."""
 
@@ -102,6 +122,21 @@ class Settings:
     pool_size: int = 256
     """Most connections kept open to the upstream (keep-alive pool)."""
     log_level: str = "INFO"
+    redis: RedisSettings | None = None
+    """Where the fleet's flags and resolved short links live (``REDIS_URL``); None: in memory,
+    right for one replica."""
+    admin_port: int = 0
+    """Port of the admin API (served by worker 0 only); 0 = off. Never inside the metrics
+    range ``metrics_port .. metrics_port + workers - 1`` nor the proxy port."""
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token of the admin API, from ``CART_PROXY_ADMIN_TOKEN`` only; kept out of repr."""
+    cache_local_size: int = 10_000
+    """Entries of the in-process tier of the short-link cache."""
+    cache_local_ttl: float = 60.0
+    """Seconds a replica keeps its own copy of a cached entry (Redis keeps it longer)."""
+    resolver: ResolverSettings | None = None
+    """Short-link resolution; None (settings built by hand): the policy's shorteners with the
+    defaults. ``settings_from_policy`` always fills it in."""
 
 
 _LIMITS: Final = Limits()
@@ -126,6 +161,14 @@ _ENV: Final[Mapping[str, str]] = {
     "CART_PROXY_TOTAL_TIMEOUT": "timeouts.total",
     "CART_PROXY_POOL_SIZE": "pool_size",
     "CART_PROXY_LOG_LEVEL": "log_level",
+    "CART_PROXY_ADMIN_PORT": "admin.port",
+    "CART_PROXY_CACHE_LOCAL_SIZE": "cache.local_size",
+    "CART_PROXY_CACHE_LOCAL_TTL": "cache.local_ttl",
+    "CART_PROXY_RESOLVER_BUDGET": "resolver.budget",
+    "CART_PROXY_RESOLVER_MAX_HOPS": "resolver.max_hops",
+    "CART_PROXY_RESOLVER_CACHE_TTL": "resolver.cache_ttl",
+    "CART_PROXY_RESOLVER_ALLOW_PORTS": "resolver.allow_ports",
+    "CART_PROXY_RESOLVER_ALLOW_NETS": "resolver.allow_networks",
 }
 _FLAGS: Final[Mapping[str, str]] = {
     "host": "listen.host",
@@ -133,6 +176,7 @@ _FLAGS: Final[Mapping[str, str]] = {
     "upstream": "upstream",
     "workers": "workers",
     "metrics_port": "metrics_port",
+    "admin_port": "admin.port",
 }
 _KEYS: Final = frozenset(_ENV.values())
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
@@ -225,6 +269,103 @@ def _host(value: Any) -> str:
     return value
 
 
+def _items(value: Any) -> list[Any]:
+    """A YAML list, or a comma-separated string (the environment's form)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise TypeError(value)
+
+
+def _ports(value: Any) -> tuple[int, ...]:
+    convert = _integer(1, 65535)
+    return tuple(convert(item) for item in _items(value))
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    networks = []
+    for item in _items(value):
+        networks.append(str(ipaddress.ip_network(str(item))))  # ValueError names the bad one
+    return tuple(networks)
+
+
+def _resolver(policy: Policy, check: _Checker) -> ResolverSettings | None:
+    defaults = ResolverSettings(shorteners=frozenset())
+    options = {
+        "budget": check.get("resolver.budget", defaults.budget, _seconds_up_to(30),
+                            "seconds, more than 0 and at most 30"),
+        "max_hops": check.get("resolver.max_hops", defaults.max_hops, _integer(1, 10),
+                              "a whole number 1..10"),
+        "cache_ttl": check.get("resolver.cache_ttl", defaults.cache_ttl, _seconds_up_to(30 * 86400),
+                               "seconds, more than 0 and at most 30 days"),
+    }
+    ports = check.get("resolver.allow_ports", (), _ports,
+                      "a list of port numbers 1..65535 (comma-separated in the environment)")
+    networks = check.get("resolver.allow_networks", (), _networks,
+                         "a list of networks such as 127.0.0.0/8 (comma-separated in the "
+                         "environment)")
+    try:
+        return ResolverSettings.build(shorteners=policy.shorteners, allow_ports=ports,
+                                      allow_networks=networks, option="proxy.resolver",
+                                      **options)
+    except ConfigError as exc:
+        check.errors.extend(exc.errors)
+        return None
+
+
+def _seconds_up_to(high: float) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        number = float(value)
+        if not 0 < number <= high:
+            raise ValueError(value)
+        return number
+
+    return convert
+
+
+def _redis(env: Mapping[str, str] | None, errors: list[str]) -> RedisSettings | None:
+    url = (env or {}).get(REDIS_URL_ENV, "").strip()
+    if not url:
+        return None
+    try:
+        return parse_redis_url(url, option=f"env {REDIS_URL_ENV}")
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+        return None
+
+
+def _admin_token(section: Mapping[str, Any], env: Mapping[str, str] | None, source: str,
+                 errors: list[str]) -> str | None:
+    if "admin.token" in section:
+        errors.append(f"{source}: proxy.admin.token: the admin token is never read from the "
+                      f"file (it would be in every copy of the policy); set env {ADMIN_TOKEN_ENV}")
+    token = (env or {}).get(ADMIN_TOKEN_ENV, "").strip()
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        errors.append(f"env {ADMIN_TOKEN_ENV}: too short ({len(token)} characters; at least "
+                      f"{MIN_TOKEN_LENGTH}, e.g. from `openssl rand -hex 32`)")
+    return token or None
+
+
+def _check_ports(settings: Settings, raw: Mapping[str, tuple[Any, str]], errors: list[str]) -> None:
+    """The admin port needs a token, and must not collide with the proxy or metrics ports."""
+    if not settings.admin_port:
+        return
+    origin = raw["admin.port"][1] if "admin.port" in raw else "proxy.admin.port"
+    if settings.admin_token is None:
+        errors.append(f"{origin}: the admin API needs a bearer token: set env {ADMIN_TOKEN_ENV} "
+                      "(or leave the admin port unset to keep the API off)")
+    if settings.admin_port == settings.port:
+        errors.append(f"{origin}: admin port {settings.admin_port} is the proxy port")
+    last = settings.metrics_port + settings.workers - 1
+    if settings.metrics_port and settings.metrics_port <= settings.admin_port <= last:
+        errors.append(f"{origin}: admin port {settings.admin_port} collides with the metrics "
+                      f"ports {settings.metrics_port}..{last} (worker i serves metrics on "
+                      "metrics_port + i); choose a port outside that range")
+
+
 def settings_from_policy(
     policy: Policy,
     *,
@@ -234,12 +375,15 @@ def settings_from_policy(
     """Settings for ``policy``: its ``proxy:`` section, then ``env``, then ``overrides``.
 
     ``overrides`` are command-line values keyed by flag name (``host``, ``port``, ``upstream``,
-    ``workers``, ``metrics_port``); None values are ignored.
+    ``workers``, ``metrics_port``, ``admin_port``); None values are ignored. ``REDIS_URL`` and
+    ``CART_PROXY_ADMIN_TOKEN`` are read from ``env`` only.
     """
     raw: dict[str, tuple[Any, str]] = {}
     errors: list[str] = []
     section = _flatten(policy.runtime)
     for key, value in section.items():
+        if key == "admin.token":
+            continue  # refused with its own message below
         if key not in _KEYS:
             errors.append(f"{policy.source}: proxy.{key}: unknown key "
                           f"(expected one of {', '.join(sorted(_KEYS))})")
@@ -288,8 +432,17 @@ def settings_from_policy(
                             "a whole number 1..10000"),
         log_level=check.get("log_level", _D['log_level'], _log_level,
                             "one of DEBUG, INFO, WARNING, ERROR"),
+        redis=_redis(env, errors),
+        admin_port=check.get("admin.port", 0, port, "a port number 0..65535 (0 = off)"),
+        admin_token=_admin_token(section, env, policy.source, errors),
+        cache_local_size=check.get("cache.local_size", 10_000, _integer(1, 10_000_000),
+                                   "a whole number 1..10000000"),
+        cache_local_ttl=check.get("cache.local_ttl", 60.0, _seconds_up_to(86400),
+                                  "seconds, more than 0 and at most 86400"),
+        resolver=_resolver(policy, check),
     )
     errors.extend(check.errors)
+    _check_ports(settings, raw, errors)
     if settings.limits.max_decoded_bytes < settings.limits.max_body_bytes:
         errors.append(f"{policy.source}: proxy.limits.max_decoded_bytes: must be at least "
                       f"limits.max_body_bytes ({settings.limits.max_body_bytes})")

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -54,6 +54,7 @@ __all__ = [
     "FlagSource",
     "RedisFlagStore",
     "StaticFlags",
+    "export_snapshot",
 ]
 
 _log = logging.getLogger("cart_link_proxy.flags")
@@ -101,6 +102,7 @@ class AuditEntry:
     detail: Mapping[str, Any]
 
 
+@runtime_checkable
 class FlagAdmin(FlagSource, Protocol):
     """The changes the CLI and the admin API make; ``RedisFlagStore`` is the one implementation."""
 
@@ -128,6 +130,15 @@ class StaticFlags:
 
     def snapshot(self) -> FlagSnapshot:
         return self._snapshot
+
+
+def export_snapshot(metrics: FlagMetrics, snapshot: FlagSnapshot, surfaces: Iterable[str]) -> None:
+    """Publish the kill switch and, per surface, its own flag or else the default, as gauges
+    (``cart_link_proxy_rollout_mode``/``_percent``, ``cart_link_proxy_kill_switch``)."""
+    metrics.set_kill_switch(snapshot.kill_switch)
+    for surface in sorted(surfaces):
+        flag = snapshot.flags.get((SurfaceId(surface), None), snapshot.default)
+        metrics.set_rollout(surface=surface, mode=flag.mode.value, percent=flag.percent)
 
 
 def _field(surface: str | None, rule: str | None) -> str:
@@ -271,12 +282,11 @@ class RedisFlagStore:
         if self._metrics is None:
             return
         snapshot = self._snapshot
-        self._metrics.set_kill_switch(snapshot.kill_switch)
-        for (surface, rule), flag in snapshot.flags.items():
-            if surface is not None and rule is None:
-                self._metrics.set_rollout(
-                    surface=surface, mode=flag.mode.value, percent=flag.percent
-                )
+        # Every known surface, so one whose flag was cleared falls back to the default.
+        surfaces = self._known_surfaces or {
+            surface for surface, rule in snapshot.flags if surface is not None and rule is None
+        }
+        export_snapshot(self._metrics, snapshot, surfaces)
 
     def _unhealthy(self, operation: str, exc: BaseException) -> None:
         if self._metrics is not None:

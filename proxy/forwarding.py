@@ -34,6 +34,10 @@ _log: Final = logging.getLogger("cart_link_proxy.forwarding")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _SMALL: Final = 64 * 1024
 """Upstream answers up to this size (with a Content-Length) are relayed in one piece."""
+# Constant tuples: headers.upstream_headers builds each skip set once per tuple.
+_AS_SENT: Final = ("Expect",)
+_NEW_LENGTH: Final = ("Expect", "Content-Length")
+_NEW_BODY: Final = ("Expect", "Content-Length", "Content-Encoding")
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -48,10 +52,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return await _routed_read(request, services, match.route)
 
 
-def _upstream_headers(request: web.Request, drop: tuple[str, ...] = ()) -> CIMultiDict[str]:
+def _upstream_headers(request: web.Request, drop: tuple[str, ...] = _AS_SENT
+                      ) -> CIMultiDict[str]:
     return hdr.upstream_headers(
         request.headers, peer=request.remote, scheme=request.scheme, host=request.host,
-        request_id=request[REQUEST_ID], drop=("Expect", *drop),
+        request_id=request[REQUEST_ID], drop=drop,
     )
 
 
@@ -132,9 +137,9 @@ async def _routed_write(
     )
     outcome = plan_outcome(plan, body.doc)
     if outcome.body is None:
-        data, drop = body.raw, ("Content-Length",)  # type: tuple[bytes, tuple[str, ...]]
+        data, drop = body.raw, _NEW_LENGTH  # type: tuple[bytes, tuple[str, ...]]
     else:
-        data, drop = outcome.body, ("Content-Length", "Content-Encoding")
+        data, drop = outcome.body, _NEW_BODY
     response = await services.upstream.send(
         request.method, request.raw_path, _upstream_headers(request, drop), data,
         route=route.id, streaming=False,

@@ -9,11 +9,12 @@ proxy-auth pair of RFC 9110 §11.7. ``Host`` is replaced by the upstream's and r
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Final
 from urllib.parse import quote
 
@@ -45,6 +46,7 @@ SHADOW: Final = "Link-Policy-Shadow"
 STRIPPED: Final = "Link-Policy-Stripped"
 REWRITTEN: Final = "Link-Policy-Rewritten"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_UPSTREAM_SKIP: Final = HOP_BY_HOP | {"host", "x-request-id"}
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
@@ -60,7 +62,24 @@ def _hop_by_hop(headers: Headers) -> frozenset[str]:
     return HOP_BY_HOP | frozenset(t for t in named if t)
 
 
-def request_id(headers: Headers, new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> str:
+def _new_id() -> str:
+    """128 random bits in hex (as ``uuid4().hex`` is, at a fifth of its cost)."""
+    return os.urandom(16).hex()
+
+
+@lru_cache(maxsize=64)
+def _skip(base: frozenset[str], drop: tuple[str, ...]) -> frozenset[str]:
+    return base | {d.lower() for d in drop}
+
+
+def _skip_for(base: frozenset[str], headers: Headers, drop: Iterable[str]) -> frozenset[str]:
+    """Lower-case names not to pass on: ``base``, ``drop`` and what ``Connection`` names."""
+    # Callers pass constant tuples, so the union is built once per call site.
+    skip = _skip(base, drop) if isinstance(drop, tuple) else base | {d.lower() for d in drop}
+    return skip if "Connection" not in headers else skip | _hop_by_hop(headers)
+
+
+def request_id(headers: Headers, new_id: Callable[[], str] = _new_id) -> str:
     """The client's ``X-Request-Id`` when it is a sane token, else a fresh one.
 
     >>> request_id(CIMultiDict({"X-Request-Id": "abc-1"}))
@@ -92,25 +111,25 @@ def upstream_headers(
     [('Accept', '*/*'), ('X-Forwarded-For', '10.0.0.1, 10.0.0.2'), ('X-Forwarded-Host', 'a'),
      ('X-Forwarded-Proto', 'http'), ('X-Request-Id', 'r1')]
     """
-    skip = _hop_by_hop(headers) | {"host", "x-request-id"} | {d.lower() for d in drop}
+    skip = _skip_for(_UPSTREAM_SKIP, headers, drop)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         if name.lower() not in skip:
             out.add(name, value)
-    forwarded: tuple[tuple[str, str | None], ...] = (
-        ("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme), ("X-Forwarded-Host", host)
-    )
-    for field, added in forwarded:
+    for field, added in (("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme),
+                         ("X-Forwarded-Host", host)):
         if added:
-            previous = out.popall(field, [])
-            out[field] = ", ".join([*previous, added])
+            if field in out:
+                out[field] = ", ".join([*out.popall(field), added])
+            else:
+                out[field] = added
     out[REQUEST_ID] = request_id
     return out
 
 
 def downstream_headers(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """Headers of an upstream response to pass to the client: end-to-end fields only."""
-    skip = _hop_by_hop(headers) | {d.lower() for d in drop}
+    skip = _skip_for(HOP_BY_HOP, headers, drop)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         if name.lower() not in skip:

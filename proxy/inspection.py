@@ -12,12 +12,15 @@ judged by where they lead. Metrics and one audit line per non-allow finding are 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Final, Protocol
 
 import orjson
@@ -33,6 +36,7 @@ from proxy.core.documents import (
     removal_path,
     resolve_pointer,
     select,
+    select_texts,
 )
 from proxy.core.engine import Engine
 from proxy.core.model import (
@@ -42,6 +46,8 @@ from proxy.core.model import (
     LinkVerdict,
     Mode,
     PendingRule,
+    RuleId,
+    SurfaceId,
 )
 from proxy.core.policy import RouteSpec
 from proxy.core.rollout import FlagSnapshot
@@ -49,9 +55,29 @@ from proxy.errors import PolicyBlocked
 from proxy.logs import AUDIT_LOGGER, AuditRecord, audit
 from proxy.metrics import ProxyMetrics
 
-__all__ = ["ActionPlan", "Finding", "Inspector", "Outcome", "blocked", "plan_outcome"]
+__all__ = [
+    "UNRESOLVED_RULE",
+    "ActionPlan",
+    "Finding",
+    "Inspector",
+    "Outcome",
+    "blocked",
+    "plan_outcome",
+    "serialise",
+]
+
+UNRESOLVED_RULE: Final = RuleId("unresolved-short-link")
+"""The rule a short link is judged by when it could not be resolved in time (``Surface.unresolved``)."""
 
 _audit_log: Final = logging.getLogger(AUDIT_LOGGER)
+# attrgetters run in C, so the all-allow path below loops in C over decisions and verdicts.
+_VERDICTS: Final = attrgetter("verdicts")
+_PENDING: Final = attrgetter("pending")
+_ACTION: Final = attrgetter("action")
+_HOST: Final = attrgetter("link.host")
+_LABELS: Final = attrgetter("platform", "kind")
+_ALLOW_ONLY: Final = frozenset({Action.ALLOW})
+_SHORT_HOSTS_MAX: Final = 4096
 
 
 class _Flags(Protocol):
@@ -99,6 +125,8 @@ class ActionPlan:
     enforced: tuple[Finding, ...]
     shadowed: tuple[Finding, ...]
     pending: tuple[PendingRule, ...]
+    unresolved: tuple[Finding, ...] = ()
+    """Short links allowed although they could not be resolved (``unresolved: allow``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +162,16 @@ class Inspector:
         self.flags = flags
         self.metrics = metrics
         self.resolver = resolver
-        self._paths: dict[str, LinkPaths] = {
-            route.id: compile_paths(route.links) for route in engine.policy.routes
+        # Keyed by the links tuple, not the route id: a middleware may bring its own routes.
+        self._paths: dict[tuple[str, ...], LinkPaths] = {
+            route.links: compile_paths(route.links) for route in engine.policy.routes
         }
+        self._short_hosts: dict[str, bool] = {}
 
     def paths_for(self, route: RouteSpec) -> LinkPaths:
-        paths = self._paths.get(route.id)
+        paths = self._paths.get(route.links)
         if paths is None:  # a route that is not in the engine's policy (middleware use)
-            paths = self._paths[route.id] = compile_paths(route.links)
+            paths = self._paths[route.links] = compile_paths(route.links)
         return paths
 
     async def inspect(
@@ -157,105 +187,192 @@ class Inspector:
         started = time.perf_counter()
         surface, direction = route.surface, route.direction
         seller = _seller(route, headers, doc)
-        decide = self.engine.decide
-        decided: list[tuple[Path, Decision]] = []
-        for location in select(doc, self.paths_for(route)):
-            decision = decide(location.text, surface, at, direction)
-            if decision.verdicts:
-                decided.append((location.path, decision))
-        if self.resolver is not None and decided:
-            decided = await self._resolve(self.resolver, decided, route, at)
+        paths = self.paths_for(route)
+        decisions = self.engine.decide_many(select_texts(doc, paths), surface, at, direction)
+        verdicts = list(chain.from_iterable(map(_VERDICTS, decisions)))
+        short = self._short_links(verdicts) if self.resolver is not None and verdicts else None
+        if not short and set(map(_ACTION, verdicts)) <= _ALLOW_ONLY:
+            # The common case: nothing to act on, so no paths, no flags, no audit.
+            pending = tuple(dict.fromkeys(chain.from_iterable(map(_PENDING, decisions))))
+            plan = ActionPlan(route, seller, Action.ALLOW, (), (), pending)
+            self._record(plan, _allowed(verdicts), request_id, started)
+            return plan
+        return await self._inspect_paths(route, doc, seller, at, request_id, started, short)
+
+    async def _inspect_paths(
+        self,
+        route: RouteSpec,
+        doc: Any,
+        seller: str | None,
+        at: datetime,
+        request_id: str,
+        started: float,
+        short: list[str] | None,
+    ) -> ActionPlan:
+        """Some link is acted on (or must be resolved first): decide again, with paths (the
+        engine's memo answers), and apply rollout modes and resolutions per link."""
+        surface, direction = route.surface, route.direction
+        locations = select(doc, self.paths_for(route))
+        decisions = self.engine.decide_many([loc.text for loc in locations], surface, at,
+                                            direction)
+        landing: Mapping[str, Decision | None] = {}
+        if short and self.resolver is not None:
+            landing = await self._resolve(self.resolver, short, surface, at, direction)
+        unresolved_action = self.engine.policy.surfaces[surface].unresolved \
+            if surface in self.engine.policy.surfaces else Action.ALLOW
         snapshot = self.flags.snapshot()
         enforced: list[Finding] = []
         shadowed: list[Finding] = []
+        unresolved: list[Finding] = []
         pending: dict[PendingRule, None] = {}
-        counts: Counter[tuple[str, str, str, str]] = Counter()
-        for path, decision in decided:
-            for p in decision.pending:
-                pending[p] = None
+        counts: Counter[tuple[str | None, str, str, str]] = Counter()
+        for location, decision in zip(locations, decisions, strict=True):
+            if not decision.verdicts:
+                continue
+            pending.update(dict.fromkeys(decision.pending))
             for verdict in decision.verdicts:
-                platform = verdict.platform or "none"
+                url = verdict.link.url
+                if url is not None and url in landing:
+                    resolved = landing[url]
+                    if resolved is None and unresolved_action is Action.ALLOW:
+                        if verdict.action is Action.ALLOW:
+                            unresolved.append(Finding(location.path, verdict, Action.ALLOW,
+                                                      Mode.ENFORCE))
+                    elif resolved is None:
+                        verdict = _stricter(verdict, LinkVerdict(
+                            verdict.link, unresolved_action, verdict.platform, verdict.kind,
+                            UNRESOLVED_RULE))
+                    else:
+                        pending.update(dict.fromkeys(resolved.pending))
+                        for landed in resolved.verdicts:
+                            verdict = _stricter(verdict, landed._replace(link=verdict.link))
                 if verdict.action is Action.ALLOW or verdict.rule is None:
-                    counts[(platform, verdict.kind, Action.ALLOW, Mode.ENFORCE)] += 1
+                    counts[(verdict.platform, verdict.kind, Action.ALLOW, Mode.ENFORCE)] += 1
                     continue
                 mode = snapshot.mode_for(verdict.rule, surface, seller)
                 action = verdict.action
                 if direction is Direction.RESPONSE and action is Action.BLOCK:
                     action = Action.STRIP
-                counts[(platform, verdict.kind, action, mode)] += 1
+                counts[(verdict.platform, verdict.kind, action, mode)] += 1
                 if mode is Mode.ENFORCE:
-                    enforced.append(Finding(path, verdict, action, mode))
+                    enforced.append(Finding(location.path, verdict, action, mode))
                 elif mode is Mode.SHADOW:
-                    shadowed.append(Finding(path, verdict, action, mode))
-        strictest = max((f.action for f in enforced), key=lambda a: a.rank, default=Action.ALLOW)
+                    shadowed.append(Finding(location.path, verdict, action, mode))
+        strictest = max((f.action for f in enforced), key=_rank, default=Action.ALLOW)
         plan = ActionPlan(route, seller, strictest, tuple(enforced), tuple(shadowed),
-                          tuple(pending))
-        self._record(plan, counts, request_id, time.perf_counter() - started)
+                          tuple(pending), tuple(unresolved))
+        self._record(plan, counts, request_id, started)
         return plan
+
+    def _short_links(self, verdicts: Sequence[LinkVerdict]) -> list[str] | None:
+        """URLs of links on a shortener (``Engine.needs_resolution`` or the resolver's
+        ``handles``) that their own verdict does not already block; host by host, memoised."""
+        memo = self._short_hosts
+        short_hosts = []
+        for host in set(map(_HOST, verdicts)):
+            if host is None:
+                continue
+            known = memo.get(host)
+            if known is None:
+                known = self._is_shortener(host, verdicts)
+                if len(memo) >= _SHORT_HOSTS_MAX:
+                    memo.clear()  # hosts come from clients: keep the memo bounded
+                memo[host] = known
+            if known:
+                short_hosts.append(host)
+        if not short_hosts:
+            return None
+        return list(dict.fromkeys(
+            v.link.url for v in verdicts
+            if v.link.host in short_hosts and v.link.url and v.action is not Action.BLOCK
+        ))
+
+    def _is_shortener(self, host: str, verdicts: Sequence[LinkVerdict]) -> bool:
+        link = next(v.link for v in verdicts if v.link.host == host)
+        if self.engine.needs_resolution(link):
+            return True
+        return self.resolver is not None and self.resolver.handles(f"https://{host}/")
 
     async def _resolve(
         self,
         resolver: _Resolver,
-        decided: list[tuple[Path, Decision]],
-        route: RouteSpec,
+        urls: list[str],
+        surface: SurfaceId,
         at: datetime,
-    ) -> list[tuple[Path, Decision]]:
-        """Judge allowed short links by where they lead; a stricter landing verdict replaces
-        the link's own (keeping the link's position, so strip and rewrite still find it)."""
-        urls = sorted({v.link.url for _, d in decided for v in d.verdicts
-                       if v.action is Action.ALLOW and v.link.url and resolver.handles(v.link.url)})
-        if not urls:
-            return decided
-        landing = await resolver.resolve_many(urls)
-        result: list[tuple[Path, Decision]] = []
-        for path, decision in decided:
-            verdicts: list[LinkVerdict] = []
-            for verdict in decision.verdicts:
-                target = landing.get(verdict.link.url or "")
-                if target:
-                    resolved = self.engine.decide(target, route.surface, at, route.direction)
-                    if resolved.verdicts and resolved.action.rank > verdict.action.rank:
-                        best = max(resolved.verdicts, key=lambda v: v.action.rank)
-                        verdict = LinkVerdict(verdict.link, best.action, best.platform,
-                                              best.kind, best.rule, best.target)
-                verdicts.append(verdict)
-            result.append((path, Decision(
-                max((v.action for v in verdicts), key=lambda a: a.rank),
-                decision.platform, decision.rule, tuple(verdicts),
-                decision.pending,
-            )))
-        return result
+        direction: Direction,
+    ) -> dict[str, Decision | None]:
+        """One ``resolve_many`` for the message; each final URL decided as the link itself
+        would be. None: not resolved in time (or refused)."""
+        finals = await resolver.resolve_many(urls)
+        targets = {url: finals.get(url) for url in urls}
+        wanted = sorted({t for t in targets.values() if t is not None})
+        decided = dict(zip(wanted, self.engine.decide_many(wanted, surface, at, direction),
+                           strict=True))
+        return {url: None if target is None else decided[target]
+                for url, target in targets.items()}
 
     def _record(
         self,
         plan: ActionPlan,
-        counts: Counter[tuple[str, str, str, str]],
+        counts: Mapping[tuple[str | None, str, str, str], int],
         request_id: str,
-        seconds: float,
+        started: float,
     ) -> None:
         surface = plan.route.surface
         metrics = self.metrics
         if metrics is not None:
-            metrics.observe_inspection(surface=surface, direction=plan.route.direction,
-                                       seconds=seconds)
             for (platform, kind, action, mode), n in counts.items():
-                for _ in range(n):
-                    metrics.observe_link(surface=surface, platform=platform, kind=kind,
-                                         action=action, mode=mode)
+                metrics.observe_link(surface=surface, platform=platform or "none", kind=kind,
+                                     action=action, mode=mode, count=n)
             if plan.action is not Action.ALLOW:
                 metrics.observe_enforcement(surface=surface, action=plan.action,
                                             mode=Mode.ENFORCE)
             if plan.shadowed:
-                shadow = max((f.action for f in plan.shadowed), key=lambda a: a.rank)
+                shadow = max((f.action for f in plan.shadowed), key=_rank)
                 metrics.observe_enforcement(surface=surface, action=shadow, mode=Mode.SHADOW)
         for finding in plan.enforced + plan.shadowed:
-            verdict = finding.verdict
-            audit(_audit_log, AuditRecord(
-                request_id=request_id, surface=surface, seller=plan.seller,
-                host=verdict.link.host, platform=verdict.platform, rule=verdict.rule,
-                action=finding.action, mode=finding.mode, route=plan.route.id,
-                pointer=finding.pointer,
-            ))
+            audit(_audit_log, _audit_record(plan, finding, request_id))
+        for finding in plan.unresolved:
+            # audit() skips allows; an unresolved short link let through is worth a line.
+            record = _audit_record(plan, finding, request_id, rule=UNRESOLVED_RULE)
+            _audit_log.info("unresolved short link allowed", extra={"fields": {
+                "event": "unresolved_short_link", **asdict(record)}})
+        if metrics is not None:
+            metrics.observe_inspection(surface=surface, direction=plan.route.direction,
+                                       seconds=time.perf_counter() - started)
+
+
+def _rank(action: Action) -> int:
+    return action.rank
+
+
+def _stricter(current: LinkVerdict, other: LinkVerdict) -> LinkVerdict:
+    return other if other.action.rank > current.action.rank else current
+
+
+def _allowed(verdicts: Iterable[LinkVerdict]) -> dict[tuple[str | None, str, str, str], int]:
+    """Link counts by metric labels when every verdict is a plain allow."""
+    return {(platform, kind, Action.ALLOW, Mode.ENFORCE): n
+            for (platform, kind), n in Counter(map(_LABELS, verdicts)).items()}
+
+
+def _audit_record(plan: ActionPlan, finding: Finding, request_id: str,
+                  rule: str | None = None) -> AuditRecord:
+    verdict = finding.verdict
+    return AuditRecord(
+        request_id=request_id, surface=plan.route.surface, seller=plan.seller,
+        host=verdict.link.host, platform=verdict.platform, rule=rule or verdict.rule,
+        action=finding.action, mode=finding.mode, route=plan.route.id, pointer=finding.pointer,
+    )
+
+
+def serialise(doc: Any) -> bytes:
+    """Compact JSON; the stdlib writes what orjson cannot (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
 
 
 def blocked(plan: ActionPlan) -> PolicyBlocked:
@@ -290,7 +407,7 @@ def plan_outcome(plan: ActionPlan, doc: Any) -> Outcome:
             for f in rewrite
         ]
         doc = apply_edits(doc, replacements=replacements, removals=removals)
-        body = orjson.dumps(doc)
+        body = serialise(doc)
         if strip:
             report.append((hdr.STRIPPED, _report(strip, sorted({pointer(p) for p in removals}))))
         if rewrite:

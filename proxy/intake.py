@@ -5,9 +5,11 @@ after undoing ``Content-Encoding`` (a decompression bomb stops at the cap, never
 further); ``InvalidEncoding`` for invalid UTF-8 or an encoding we cannot undo; ``JSONTooDeep``;
 ``MalformedJSON`` for invalid JSON and for objects with duplicate keys — orjson silently keeps the
 last duplicate, while another parser may keep the first, so the proxy and the cart service could
-read different values. Duplicate detection costs one regex pass: the number of keys written in
-the text is compared with the number the parsed document holds, and only on a mismatch does the
-slow parser run to name the key. The original bytes are kept: they are what an allowed message
+read different values. Duplicate detection costs one C-level count of ``"`` in the text (a
+regular expression only when the text has escapes), compared with the keys and strings the parsed
+document holds; only on a mismatch does the slow parser run to name the key. Integers beyond 64
+bits are valid JSON that orjson cannot hold exactly: such documents are parsed by the stdlib
+instead, with the same checks. The original bytes are kept: they are what an allowed message
 forwards.
 """
 
@@ -16,9 +18,10 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from itertools import chain, compress
+from typing import Any, Final, NamedTuple
 
 import orjson
 from aiohttp import StreamReader
@@ -38,6 +41,11 @@ __all__ = [
 # One JSON string (escapes unrolled for speed), then the colon that makes it an object key.
 _STRING_THEN_COLON: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"[ \t\r\n]*(:?)')
 _SPACE_COLON: Final = re.compile(rb'"[ \t\r\n]+:')
+_IS_CONTAINER: Final = frozenset({dict, list}).__contains__
+_IS_FLOAT: Final = frozenset({float}).__contains__
+_I64: Final = 2.0**63
+_INF: Final = float("inf")
+_NUMBER_RANGE_ERRORS: Final = ("Integer exceeds 64-bit range", "number is infinity")
 _WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
                  "deflate": zlib.MAX_WBITS}  # fmt: skip
 
@@ -131,26 +139,50 @@ def _too_deep(max_depth: int) -> JSONTooDeep:
                        extensions={"limit": max_depth})
 
 
-def _shape(doc: dict[str, Any] | list[Any], max_depth: int) -> int:
-    """Count the keys of every object, raising ``JSONTooDeep`` past ``max_depth`` levels."""
-    keys = 0
-    level: list[Any] = [doc]
+class _Shape(NamedTuple):
+    keys: int
+    """Members of every object."""
+    strings: int
+    """String values (members and array items; keys not included)."""
+    rounded: bool
+    """A float at or beyond 2**63: perhaps an integer literal orjson could only round."""
+
+
+def _members(nodes: list[Any]) -> Iterator[Any]:
+    """The members of the containers ``nodes``, one C-level iterator."""
+    kinds = set(map(type, nodes))
+    if list not in kinds:
+        return chain.from_iterable(map(dict.values, nodes))
+    if dict not in kinds:
+        return chain.from_iterable(nodes)
+    return chain.from_iterable([n.values() if type(n) is dict else n for n in nodes])
+
+
+def _shape(doc: dict[str, Any] | list[Any], max_depth: int) -> _Shape:
+    """Count keys and strings level by level, raising ``JSONTooDeep`` past ``max_depth`` levels.
+
+    Each level is a whole list of containers, so the loops over their members run in C
+    (``map``, ``chain``, ``set``, ``compress``), not in bytecode.
+    """
+    keys = strings = 0
+    rounded = False
+    nodes: list[Any] = [doc]
     depth = 1
-    while level:
+    while True:
         if depth > max_depth:
             raise _too_deep(max_depth)
-        below: list[Any] = []
-        for node in level:
-            if type(node) is dict:
-                keys += len(node)
-                node = node.values()
-            for child in node:
-                kind = type(child)
-                if kind is dict or kind is list:
-                    below.append(child)
-        level = below
+        keys += sum([len(n) for n in nodes if type(n) is dict])
+        kinds = list(map(type, _members(nodes)))
+        present = set(kinds)
+        if str in present:
+            strings += kinds.count(str)
+        if float in present and max(map(abs, compress(_members(nodes),
+                                                      map(_IS_FLOAT, kinds)))) >= _I64:
+            rounded = True
+        if dict not in present and list not in present:
+            return _Shape(keys, strings, rounded)
+        nodes = list(compress(_members(nodes), map(_IS_CONTAINER, kinds)))
         depth += 1
-    return keys
 
 
 def _keys_written(data: bytes, parsed_keys: int) -> int:
@@ -165,6 +197,18 @@ def _keys_written(data: bytes, parsed_keys: int) -> int:
     ):
         return parsed_keys
     return _STRING_THEN_COLON.findall(data).count(b":")
+
+
+def _duplicates(data: bytes, shape: _Shape) -> bool:
+    """Whether ``data`` writes more object keys than the parsed document holds.
+
+    Without a backslash every ``"`` delimits a key or a string value, so the text holds twice
+    as many quotes as the document holds keys and strings unless a repeated key dropped one
+    (one C-level count, no regular expression). With escapes, keys are counted as written.
+    """
+    if b"\\" not in data:
+        return data.count(b'"') != 2 * (shape.keys + shape.strings)
+    return shape.keys != _keys_written(data, shape.keys)
 
 
 class _DuplicateKeyError(Exception):
@@ -183,29 +227,83 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _refuse_constant(name: str) -> Any:
+    raise MalformedJSON(f"the body is not valid JSON: {name} is not a JSON value")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if value in (_INF, -_INF):
+        # RFC 8259 §6 lets an implementation limit the range of numbers it accepts.
+        raise MalformedJSON(f"the number {literal[:40]} is beyond the range of a double")
+    return value
+
+
+def _parse_exact(data: bytes) -> Any:
+    """The stdlib parser, for what orjson cannot hold exactly: integers beyond 64 bits.
+
+    As strict as orjson otherwise: UTF-8 only, no NaN or Infinity, no lone surrogates; a
+    repeated key raises ``MalformedJSON`` here directly.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        raise InvalidEncoding(f"the body is not valid UTF-8 (byte offset {bad.start})") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_refuse_duplicates,
+                         parse_constant=_refuse_constant, parse_float=_finite_float)
+        # A lone surrogate escape (\ud800) is text Python holds but UTF-8 cannot.
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except _DuplicateKeyError as dup:
+        raise _duplicate(dup.key) from None
+    except RecursionError:
+        raise MalformedJSON("the body is not valid JSON: nested too deeply to parse") from None
+    except (ValueError, UnicodeEncodeError) as exc:  # JSONDecodeError, int digits limit
+        raise MalformedJSON(f"the body is not valid JSON: {exc}") from exc
+    return doc
+
+
+def _duplicate(key: str) -> MalformedJSON:
+    return MalformedJSON(f"the JSON repeats the key {key!r} in one object; duplicate keys are "
+                         "refused because parsers disagree on them",
+                         extensions={"duplicate_key": key})
+
+
 def parse_json(data: bytes, *, max_depth: int) -> Any:
-    """Parse UTF-8 JSON strictly: no invalid UTF-8, no depth past ``max_depth``, no duplicates."""
+    """Parse UTF-8 JSON strictly: no invalid UTF-8, no depth past ``max_depth``, no duplicates.
+
+    Integers beyond 64 bits are valid JSON: orjson rejects some (older releases:
+    ``Integer exceeds 64-bit range``; newer ones: ``number is infinity`` past the double range)
+    and rounds others to a float, so such documents are parsed again, exactly, by the stdlib.
+    """
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        if any(reason in message for reason in _NUMBER_RANGE_ERRORS):
+            doc = _parse_exact(data)
+            if type(doc) is dict or type(doc) is list:
+                _shape(doc, max_depth)
+            return doc
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise InvalidEncoding(f"the body is not valid UTF-8 (byte offset {bad.start})") \
                 from exc
-        if "recursion" in str(exc) or "depth" in str(exc):
+        if "recursion" in message or "depth" in message:
             raise _too_deep(max_depth) from exc
         raise MalformedJSON(f"the body is not valid JSON: {exc}") from exc
-    if type(doc) is not dict and type(doc) is not list:
-        return doc
-    parsed_keys = _shape(doc, max_depth)
-    if parsed_keys != _keys_written(data, parsed_keys):
+    kind = type(doc)
+    if kind is not dict and kind is not list:
+        return _parse_exact(data) if kind is float and abs(doc) >= _I64 else doc
+    shape = _shape(doc, max_depth)
+    if _duplicates(data, shape):
         try:
             json.loads(data, object_pairs_hook=_refuse_duplicates)
         except _DuplicateKeyError as dup:
-            raise MalformedJSON(f"the JSON repeats the key {dup.key!r} in one object; "
-                                "duplicate keys are refused because parsers disagree on them",
-                                extensions={"duplicate_key": dup.key}) from None
+            raise _duplicate(dup.key) from None
+    if shape.rounded:
+        doc = _parse_exact(data)
     return doc
 
 

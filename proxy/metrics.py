@@ -26,9 +26,9 @@ registry it is given.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import Final
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Final, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -107,6 +107,31 @@ def _identifier(value: str, allowed: frozenset[str] | None = None) -> str:
     if allowed is not None:
         return _closed(value, allowed)
     return value if _IDENTIFIER.fullmatch(value) else OTHER
+
+
+_CHILDREN_MAX: Final = 4096
+"""Cached label children per metric; label values are clamped, but the cache keys are raw."""
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _bounded(children: dict[_K, _V]) -> dict[_K, _V]:
+    """``children``, or a fresh dict once it holds ``_CHILDREN_MAX`` entries."""
+    return children if len(children) < _CHILDREN_MAX else {}
+
+
+class _InFlight(AbstractContextManager[None]):
+    __slots__ = ("_gauge",)
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+
+    def __enter__(self) -> None:
+        self._gauge.inc()
+
+    def __exit__(self, *exc: object) -> None:
+        self._gauge.dec()
 
 
 class ProxyMetrics:
@@ -201,43 +226,58 @@ class ProxyMetrics:
         self._kill_switch = gauge("kill_switch", "1 while the kill switch turns every rule off.")
         self._policy = Info(f"{PREFIX}_policy", "The loaded policy.", registry=registry)
         self._flag_changes = counter("flag_changes_total", "Rollout flag changes seen.")
+        # Label children by the caller's raw values: ``labels()`` validates and locks on every
+        # call, which the per-request methods cannot afford.
+        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._upstream_children: dict[tuple[str, str], Histogram] = {}
+        self._inspection_children: dict[tuple[str, str], Histogram] = {}
+        self._link_children: dict[tuple[str, str, str, str, str], Counter] = {}
+        self._in_flight_tracker = _InFlight(self._in_flight)
 
     # RED
     def observe_request(
         self, *, route: str, surface: str, method: str, status: int, seconds: float
     ) -> None:
         """Count one answered request; ``route`` is a policy route id or ``"passthrough"``."""
-        route_label = _identifier(route, self._routes)
-        self._requests.labels(
-            route_label,
-            _identifier(surface, self._surfaces),
-            _method(method),
-            _status_class(status),
-        ).inc()
-        self._request_seconds.labels(route_label).observe(seconds)
+        key = (route, surface, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            route_label = _identifier(route, self._routes)
+            children = (
+                self._requests.labels(route_label, _identifier(surface, self._surfaces),
+                                      _method(method), _status_class(status)),
+                self._request_seconds.labels(route_label),
+            )
+            self._request_children = _bounded(self._request_children)
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_upstream(self, *, route: str, seconds: float, outcome: str) -> None:
         """One call to the cart service; ``outcome`` is one of ``UPSTREAM_OUTCOMES``."""
-        self._upstream_seconds.labels(
-            _identifier(route, self._routes), _closed(outcome, UPSTREAM_OUTCOMES)
-        ).observe(seconds)
+        key = (route, outcome)
+        child = self._upstream_children.get(key)
+        if child is None:
+            child = self._upstream_seconds.labels(
+                _identifier(route, self._routes), _closed(outcome, UPSTREAM_OUTCOMES))
+            self._upstream_children = _bounded(self._upstream_children)
+            self._upstream_children[key] = child
+        child.observe(seconds)
 
     def observe_inspection(self, *, surface: str, direction: str, seconds: float) -> None:
-        self._inspection_seconds.labels(
-            _identifier(surface, self._surfaces), _closed(direction, DIRECTIONS)
-        ).observe(seconds)
+        key = (surface, direction)
+        child = self._inspection_children.get(key)
+        if child is None:
+            child = self._inspection_seconds.labels(
+                _identifier(surface, self._surfaces), _closed(direction, DIRECTIONS))
+            self._inspection_children = _bounded(self._inspection_children)
+            self._inspection_children[key] = child
+        child.observe(seconds)
 
     def in_flight(self) -> AbstractContextManager[None]:
-        """Context manager counting the request it wraps as in flight."""
-        return self._track_in_flight()
-
-    @contextmanager
-    def _track_in_flight(self) -> Iterator[None]:
-        self._in_flight.inc()
-        try:
-            yield
-        finally:
-            self._in_flight.dec()
+        """Context manager counting the request it wraps as in flight (one shared instance:
+        it keeps no state of its own)."""
+        return self._in_flight_tracker
 
     def observe_bad_input(self, *, reason: str) -> None:
         """``reason`` is the problem type slug of an ``InputError`` (``malformed-json``, ...)."""
@@ -245,16 +285,23 @@ class ProxyMetrics:
 
     # Decisions
     def observe_link(
-        self, *, surface: str, platform: str, kind: str, action: str, mode: str
+        self, *, surface: str, platform: str, kind: str, action: str, mode: str, count: int = 1
     ) -> None:
-        """One inspected link; ``platform`` is ``"none"`` for a site of no known platform."""
-        self._links.labels(
-            _identifier(surface, self._surfaces),
-            _identifier(platform, self._platforms),
-            _closed(kind, KINDS),
-            _closed(action, ACTIONS),
-            _closed(mode, MODES),
-        ).inc()
+        """``count`` inspected links (one message's, by label); ``platform`` is ``"none"`` for
+        a site of no known platform."""
+        key = (surface, platform, kind, action, mode)
+        child = self._link_children.get(key)
+        if child is None:
+            child = self._links.labels(
+                _identifier(surface, self._surfaces),
+                _identifier(platform, self._platforms),
+                _closed(kind, KINDS),
+                _closed(action, ACTIONS),
+                _closed(mode, MODES),
+            )
+            self._link_children = _bounded(self._link_children)
+            self._link_children[key] = child
+        child.inc(count)
 
     def observe_enforcement(self, *, surface: str, action: str, mode: str) -> None:
         """One request blocked/stripped/rewritten (``mode="shadow"``: would have been)."""

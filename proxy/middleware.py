@@ -1,6 +1,10 @@
 """aiohttp middlewares: the proxy's own (request id, metrics, error-to-problem) and
 ``policy_middleware``, which applies the link policy inside an aiohttp cart service.
 
+``proxy_middleware`` is the proxy's three in one: each middleware costs an aiohttp call layer and
+a coroutine per request, and the throughput target is set against a bare pass-through, so the
+proxy runs the one; the three single-purpose forms stay for hosts that want only some of them.
+
 ``policy_middleware`` runs the same ``proxy.inspection`` as the proxy over the same route table,
 so a cart service gets the same decisions, the same headers and the same problem+json errors::
 
@@ -43,6 +47,7 @@ __all__ = [
     "metrics_middleware",
     "policy_middleware",
     "problem_middleware",
+    "proxy_middleware",
     "request_id_middleware",
 ]
 
@@ -79,12 +84,7 @@ def metrics_middleware(metrics: ProxyMetrics) -> Middleware:
             status = 499  # client closed the connection (nginx's convention)
             raise
         finally:
-            match = request.get(ROUTE)
-            metrics.observe_request(
-                route=match.route.id if match else PASSTHROUGH_ROUTE,
-                surface=match.route.surface if match else _NONE,
-                method=request.method, status=status, seconds=time.perf_counter() - started,
-            )
+            _observe(metrics, request, status, started)
 
     return observe
 
@@ -94,6 +94,16 @@ def _render(request: web.Request, exc: ClientFacingError,
     if metrics is not None and isinstance(exc, InputError):
         metrics.observe_bad_input(reason=exc.slug)
     return problem.render(exc, instance=request.path, request_id=request.get(REQUEST_ID))
+
+
+def _unexpected(request: web.Request, exc: Exception) -> web.Response:
+    """The one place that turns a bug into a 500 (logged)."""
+    transport = request.transport
+    if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
+        # The client went away; nobody reads this answer (499, as nginx logs it).
+        return web.Response(status=499)
+    return problem.render_unexpected(exc, instance=request.path,
+                                     request_id=request.get(REQUEST_ID))
 
 
 def problem_middleware(metrics: ProxyMetrics | None = None) -> Middleware:
@@ -108,16 +118,53 @@ def problem_middleware(metrics: ProxyMetrics | None = None) -> Middleware:
             return _render(request, exc, metrics)
         except web.HTTPException:
             raise
-        except Exception as exc:  # the one place that turns a bug into a 500 (logged)
-            transport = request.transport
-            if isinstance(exc, ConnectionError) and (transport is None or
-                                                     transport.is_closing()):
-                # The client went away; nobody reads this answer (499, as nginx logs it).
-                return web.Response(status=499)
-            return problem.render_unexpected(exc, instance=request.path,
-                                             request_id=request.get(REQUEST_ID))
+        except Exception as exc:
+            return _unexpected(request, exc)
 
     return render
+
+
+def _observe(metrics: ProxyMetrics, request: web.Request, status: int, started: float) -> None:
+    match = request.get(ROUTE)
+    metrics.observe_request(
+        route=match.route.id if match else PASSTHROUGH_ROUTE,
+        surface=match.route.surface if match else _NONE,
+        method=request.method, status=status, seconds=time.perf_counter() - started,
+    )
+
+
+def proxy_middleware(metrics: ProxyMetrics) -> Middleware:
+    """``request_id_middleware``, ``metrics_middleware(metrics)`` and
+    ``problem_middleware(metrics)``, in that order (outermost first), as one middleware."""
+    in_flight = metrics.in_flight()
+
+    @web.middleware
+    async def proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request[REQUEST_ID] = hdr.request_id(request.headers)
+        status = 500
+        try:
+            with in_flight:
+                try:
+                    response = await handler(request)
+                except ClientFacingError as exc:
+                    response = _render(request, exc, metrics)
+                except web.HTTPException as exc:
+                    status = exc.status
+                    raise
+                except asyncio.CancelledError:
+                    status = 499  # client closed the connection (nginx's convention)
+                    raise
+                except Exception as exc:
+                    response = _unexpected(request, exc)
+            status = response.status
+            if not response.prepared:
+                response.headers[hdr.REQUEST_ID] = request_id
+            return response
+        finally:
+            _observe(metrics, request, status, started)
+
+    return proxy
 
 
 def policy_middleware(

@@ -20,9 +20,9 @@ no I/O until the client's first command.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -50,15 +50,16 @@ class RedisSettings:
     """How to reach Redis; build with ``parse_redis_url`` so every field is checked once."""
 
     topology: Topology
-    url: str | None = None
-    """For ``single``: the URL as given to ``Redis.from_url``."""
+    url: str | None = field(default=None, repr=False)
+    """For ``single``: the URL as given to ``Redis.from_url`` (it may hold a password, so it is
+    kept out of ``repr``)."""
     nodes: tuple[tuple[str, int], ...] = ()
     """For ``sentinel``: the sentinels; for ``cluster``: the startup nodes."""
     service_name: str | None = None
     """For ``sentinel``: the monitored master's name."""
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -111,6 +112,7 @@ def parse_redis_url(
     scheme, _, _ = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
+        _check_single(url, scheme, option)
         return replace(limits, url=url, tls=scheme == "rediss")
     base, _, kind = scheme.partition("+")
     if base not in ("redis", "rediss") or kind not in ("sentinel", "cluster"):
@@ -155,6 +157,26 @@ def parse_redis_url(
         password=unquote(password) or None,
         tls=base == "rediss",
     )
+
+
+def _check_single(url: str, scheme: str, option: str) -> None:
+    """What ``Redis.from_url`` would only find out at the first command."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{option}: not a valid URL: {exc}") from None
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{option}: unix:// needs the socket path")
+        return
+    if not parts.hostname:
+        raise ConfigError(f"{option}: no host in {scheme}://")
+    if port == 0:
+        raise ConfigError(f"{option}: port 0 is not a port")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError(f"{option}: database {database!r} is not a number")
 
 
 class _SentinelMaster(Redis):

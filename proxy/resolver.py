@@ -5,7 +5,9 @@ subdomain of it, never a substring), ``ShortLinkResolver`` follows redirects —
 ``GET`` when a server refuses ``HEAD`` (any 4xx/5xx that is not a redirect) — for at most
 ``max_hops`` redirects within ``budget`` seconds, and returns where the chain ends. A redirect to a
 non-HTTP scheme (an app deep link such as ``tbopen://...``) ends the chain without being fetched,
-and so does a redirect to a host that cannot be reached (the URL named is the destination).
+and so does a redirect to a host that cannot be reached (the URL named is the destination), and
+one to a URL the caller can already judge (``known``, e.g. a page of a platform the policy
+names: fetching ``item.taobao.com`` would tell nothing more and cost a round trip abroad).
 
 The SSRF guard, checked on every hop before any connection is made:
 
@@ -33,7 +35,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -46,6 +48,7 @@ from proxy.cache import RESOLVE_SCOPE, DecisionCache, cache_key
 from proxy.errors import CacheUnavailable, ConfigError, ResolveError, ResolveRefused
 
 __all__ = [
+    "LinkResolver",
     "Resolution",
     "ResolveMetrics",
     "ResolverSettings",
@@ -136,6 +139,18 @@ class Resolution:
     complete: bool = True
     """False when ``final`` is a redirect target that could not be fetched (refused connection,
     DNS failure): the best knowledge of the destination, which is then judged as it stands."""
+
+
+class LinkResolver(Protocol):
+    """The seam inspection resolves short links through; ``ShortLinkResolver`` implements it."""
+
+    def handles(self, url: str) -> bool:
+        """True for a link of a listed shortener host."""
+        ...
+
+    async def resolve_many(self, urls: Sequence[str]) -> Mapping[str, str | None]:
+        """Where each short link leads (None: unknown); must not raise."""
+        ...
 
 
 class ResolveMetrics(Protocol):
@@ -244,15 +259,18 @@ class ShortLinkResolver:
         clock: MonotonicClock,
         cache: DecisionCache | None = None,
         metrics: ResolveMetrics | None = None,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
         """Without ``session``, ``start()`` builds one (``build_session``) and ``aclose()``
-        closes it; a given session belongs to the caller."""
+        closes it; a given session belongs to the caller. ``known(url)`` True ends a chain at
+        ``url`` without fetching it (never the link itself)."""
         self.settings = settings
         self._session = session
         self._owns_session = session is None
         self._clock = clock
         self._cache = cache
         self._metrics = metrics
+        self._known = known
         self._limit = asyncio.Semaphore(settings.concurrency)
 
     async def start(self) -> None:
@@ -349,7 +367,10 @@ class ShortLinkResolver:
         chain = [str(current)]
         seen = {str(current)}
         for _ in range(self.settings.max_hops + 1):
-            if current.scheme not in _FETCHED_SCHEMES and len(chain) > 1:
+            if len(chain) > 1 and (
+                current.scheme not in _FETCHED_SCHEMES
+                or (self._known is not None and self._known(str(current)))
+            ):
                 return Resolution(url, str(current), tuple(chain))
             _check(current, self.settings)
             try:

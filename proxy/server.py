@@ -4,7 +4,10 @@ One worker (the default) serves in this process. ``--workers N`` starts N worker
 (``spawn``), each binding the same port with ``SO_REUSEPORT`` so the kernel spreads connections;
 the parent only forwards SIGTERM/SIGINT and waits. Each worker has its own metrics registry and
 serves ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port + index`` (worker 0 on
-``metrics_port``; 0 disables the ops port).
+``metrics_port``; 0 disables the ops port). The admin API, when configured (``admin_port`` and
+``CART_PROXY_ADMIN_TOKEN``), is served by worker 0 only, on ``admin_port``: its state is in Redis,
+so one endpoint is enough, and the port cannot collide with a worker's metrics port (``Settings``
+refuses an admin port inside ``metrics_port .. metrics_port + workers - 1``).
 
 SIGTERM (or SIGINT): readiness turns false, the listening socket closes (no new connections),
 idle keep-alive connections close, in-flight requests get ``grace_period`` seconds to finish,
@@ -25,7 +28,7 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.app import create_app, create_ops_app
+from proxy.app import create_admin, create_app, create_ops_app
 from proxy.config import Settings, load_settings
 from proxy.logs import configure_logging
 from proxy.services import SERVICES, system_clock
@@ -64,6 +67,11 @@ async def serve(
         ops = web.AppRunner(create_ops_app(app), handle_signals=False, access_log=None)
         await ops.setup()
         await web.TCPSite(ops, settings.host, settings.metrics_port + index).start()
+    admin: web.AppRunner | None = None
+    if settings.admin_port and index == 0:
+        admin = web.AppRunner(create_admin(app), handle_signals=False, access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, settings.host, settings.admin_port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -75,6 +83,8 @@ async def serve(
     await stop.wait()
     app[SERVICES].health.draining = True
     _log.info("worker %d draining (grace period %.1fs)", index, settings.grace_period)
+    if admin is not None:  # before the proxy app, whose cleanup stops the flag store it uses
+        await admin.cleanup()
     await runner.cleanup()
     if ops is not None:
         await ops.cleanup()

@@ -2,28 +2,30 @@
 
 Modules read what they need from ``request.app[SERVICES]`` and per-request values from the
 ``web.RequestKey``s below, so nothing imports ``proxy.app`` for its keys. The seams other parts
-plug into are Protocols: ``FlagSource`` (rollout flags; ``StaticFlags`` serves the policy file's
-defaults, a Redis-backed store replaces it) and ``LinkResolver`` (short-link resolution; None
-means short links are judged as written).
+plug into are Protocols defined next to their implementations and re-exported here:
+``FlagSource`` (``proxy.flags``: ``StaticFlags`` serves the policy file's rollout, the Redis-backed
+``RedisFlagStore`` replaces it) and ``LinkResolver`` (``proxy.resolver``: short-link resolution;
+None means short links are judged as written).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 
 from aiohttp import web
 
+from proxy.cache import DecisionCache
 from proxy.config import Settings
 from proxy.core.engine import Engine
-from proxy.core.policy import Policy
-from proxy.core.rollout import FlagSnapshot
 from proxy.core.routes import RouteMatch, RouteTable
+from proxy.flags import FlagSource, StaticFlags
 from proxy.health import Health
 from proxy.inspection import Inspector
 from proxy.metrics import ProxyMetrics
+from proxy.redisconn import RedisClient
+from proxy.resolver import LinkResolver
 from proxy.tasks import Tasks
 from proxy.upstream import Upstream
 
@@ -47,32 +49,6 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-class FlagSource(Protocol):
-    def snapshot(self) -> FlagSnapshot:
-        """The current rollout flags; cheap, called once per inspected message."""
-        ...
-
-
-class LinkResolver(Protocol):
-    def handles(self, url: str) -> bool:
-        """True for a link of a listed shortener host."""
-        ...
-
-    async def resolve_many(self, urls: Sequence[str]) -> Mapping[str, str | None]:
-        """Where each short link leads (None: unknown); must not raise."""
-        ...
-
-
-class StaticFlags:
-    """The rollout defaults written in the policy file, fixed for the process lifetime."""
-
-    def __init__(self, policy: Policy) -> None:
-        self._snapshot = FlagSnapshot.from_policy(policy.rollout)
-
-    def snapshot(self) -> FlagSnapshot:
-        return self._snapshot
-
-
 @dataclass(slots=True)
 class Services:
     settings: Settings
@@ -81,12 +57,17 @@ class Services:
     routes: RouteTable
     upstream: Upstream
     flags: FlagSource
+    """``RedisFlagStore`` with ``REDIS_URL`` (the admin API can change it), else ``StaticFlags``."""
     metrics: ProxyMetrics
     clock: Clock
     health: Health
     tasks: Tasks = field(default_factory=Tasks)
     resolver: LinkResolver | None = None
     """Resolves short links of the hosts it ``handles``; None: links are judged as written."""
+    cache: DecisionCache | None = None
+    """Resolved short links: local LRU, then Redis when configured (``TieredCache``)."""
+    redis: RedisClient | None = None
+    """The one Redis client (flags and cache share its pool); closed on cleanup."""
 
 
 SERVICES = web.AppKey("cart_link_proxy.services", Services)

@@ -151,3 +151,37 @@ def test_the_api_is_off_without_a_token(engine_and_policy):
     with pytest.raises(ValueError, match="non-empty bearer token"):
         create_admin_app(flags=None, engine=engine_and_policy[0], token="",  # type: ignore[arg-type]
                          clock=lambda: NOW)
+
+
+@pytest.fixture
+async def read_only(aiohttp_client, engine_and_policy):
+    from proxy.flags import StaticFlags
+
+    engine, policy = engine_and_policy
+    app = create_admin_app(flags=StaticFlags(policy), engine=engine, token=TOKEN,
+                           clock=lambda: NOW)
+    return await aiohttp_client(app)
+
+
+async def test_without_redis_flags_are_read_only(read_only):
+    response = await read_only.get("/flags", headers=AUTH)
+    assert response.status == 200
+    document = await response.json()
+    assert (document["source"], document["revision"], document["audit"]) == ("policy", None, [])
+    for method, path, body in CHANGES[1:-1]:
+        response = await read_only.request(method, path, json=body, headers=AUTH)
+        assert response.status == 503, path
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["type"].endswith("flag-store-unavailable")
+    response = await read_only.post("/explain", headers=AUTH, json=CHANGES[-1][2])
+    assert response.status == 200
+
+
+async def test_without_redis_the_token_is_still_required(read_only):
+    response = await read_only.get("/flags")
+    assert response.status == 401
+
+
+async def test_redis_store_reports_its_source(admin):
+    document = await (await admin.get("/flags", headers=AUTH)).json()
+    assert document["source"] == "redis"

@@ -309,8 +309,10 @@ def test_deployment_probes_drain_and_ports() -> None:
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8080, "metrics": 9108, "admin": 9109}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # Health lives on the metrics port: every path on the proxy port is the cart service's.
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                        ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + 30
@@ -456,3 +458,59 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
     needed = {"pyproject.toml", "README.md", "proxy", "config", "config/policy.yaml"}
     assert not needed & patterns
     assert all(not p.lstrip("!/").startswith(("proxy", "config")) for p in patterns)
+
+
+# --- the deploy files speak the real CLI and settings ---------------------------------------
+
+
+def _settings_for(args: list[str], env: dict[str, str]) -> Any:
+    """Parse ``args`` with the real CLI and build the settings ``serve`` would run with."""
+    from proxy.cli import build_parser
+    from proxy.config import settings_from_policy
+    from proxy.policyfile import load_policy
+
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "serve"
+    overrides = {"host": parsed.host, "port": parsed.port, "upstream": parsed.upstream,
+                 "workers": parsed.workers, "metrics_port": parsed.metrics_port,
+                 "admin_port": parsed.admin_port}
+    return settings_from_policy(load_policy(ROOT / "config" / "policy.yaml"), env=env,
+                                overrides=overrides)
+
+
+def _known_env() -> set[str]:
+    from proxy.config import _ENV, ADMIN_TOKEN_ENV, REDIS_URL_ENV
+
+    return {*_ENV, ADMIN_TOKEN_ENV, REDIS_URL_ENV, "CART_PROXY_CONFIG"}
+
+
+SECRETS = {"REDIS_URL": "redis://redis:6379/0", "CART_PROXY_ADMIN_TOKEN": "x" * 32}
+
+
+def test_deployment_args_and_env_are_the_real_cli_and_settings() -> None:
+    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value", SECRETS.get(e["name"], "")) for e in container["env"]}
+    assert set(env) <= _known_env(), set(env) - _known_env()
+    settings = _settings_for(container["args"], env)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (settings.port, settings.metrics_port, settings.admin_port) == (
+        ports["http"], ports["metrics"], ports["admin"])
+    assert settings.host == "0.0.0.0"
+    assert settings.redis is not None
+
+
+def test_compose_commands_are_the_real_cli() -> None:
+    from proxy.cli import build_parser
+
+    services = compose()["services"]
+    proxy = services["proxy"]
+    env = {**proxy["environment"]}
+    assert set(env) <= _known_env(), set(env) - _known_env()
+    settings = _settings_for(proxy["command"], env)
+    published = {int(p.rsplit(":", 1)[1]) for p in proxy["ports"]}
+    assert published == {settings.port, settings.metrics_port, settings.admin_port}
+    assert any(p.startswith("127.0.0.1:") and p.endswith(f":{settings.admin_port}")
+               for p in proxy["ports"]), "the admin API is published on localhost only"
+    demo = build_parser().parse_args(services["cart"]["command"])
+    assert (demo.command, demo.host, demo.port + 1) == ("demo", "0.0.0.0", 8081)
+    assert env["CART_PROXY_UPSTREAM"].endswith(":8081")

@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from proxy.core.model import Mode, RuleId, SurfaceId
 from proxy.core.rollout import FlagSnapshot, bucket
 from proxy.errors import FlagStoreUnavailable, InvalidFlagChange
-from proxy.flags import AUDIT_KEY, RedisFlagStore, StaticFlags
+from proxy.flags import AUDIT_KEY, RedisFlagStore, StaticFlags, export_snapshot
+from proxy.metrics import ProxyMetrics
 from proxy.policyfile import load_policy
 from proxy.tasks import Tasks
 
@@ -264,3 +266,34 @@ async def test_flags_on_a_redis_cluster(redis_cluster, policy):
         await tasks.aclose()
         for client in clients:
             await client.aclose()
+
+
+def _gauges(registry: CollectorRegistry, surface: str) -> tuple[str | None, float | None]:
+    modes = [m for m in ("off", "shadow", "enforce") if registry.get_sample_value(
+        "cart_link_proxy_rollout_mode", {"surface": surface, "mode": m}) == 1]
+    percent = registry.get_sample_value("cart_link_proxy_rollout_percent", {"surface": surface})
+    return (modes[0] if len(modes) == 1 else None), percent
+
+
+def test_export_snapshot_covers_every_surface(policy):
+    registry = CollectorRegistry()
+    metrics = ProxyMetrics(registry, surfaces=list(policy.surfaces))
+    export_snapshot(metrics, StaticFlags(policy).snapshot(), policy.surfaces)
+    for surface in policy.surfaces:
+        assert _gauges(registry, surface) == ("enforce", 100)
+    assert registry.get_sample_value("cart_link_proxy_kill_switch") == 0
+
+
+async def test_store_exports_changes_and_cleared_flags_fall_back(make_store, policy):
+    registry = CollectorRegistry()
+    store = make_store(metrics=ProxyMetrics(registry, surfaces=list(policy.surfaces)))
+    await store.start()
+    await store.set_flag(surface="livestream_cart", rule=None, mode="shadow", percent=10,
+                         actor="rm")
+    assert _gauges(registry, "livestream_cart") == ("shadow", 10)
+    assert _gauges(registry, "short_video_cart") == ("enforce", 100)
+    await store.set_kill_switch(True, actor="oncall")
+    assert registry.get_sample_value("cart_link_proxy_kill_switch") == 1
+    await store.clear_flag(surface="livestream_cart", rule=None, actor="rm")
+    assert _gauges(registry, "livestream_cart") == ("enforce", 100)
+    assert registry.get_sample_value("cart_link_proxy_flag_changes_total") == 3

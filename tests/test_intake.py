@@ -82,3 +82,39 @@ def test_is_json() -> None:
     assert is_json("application/merge-patch+json")
     assert not is_json("text/json-ish")
     assert not is_json("")
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":"x","b":{"c":"y","c":"z"}}',
+    b'[{"k":"v"},{"k":"v","k":"v"}]',
+    b'{"a":"\\"","a":"x"}',
+    b'{"t":"a\\\\","t":[]}',
+    b'{"a":{"x":1},"a":{"x":1}}',
+], ids=["nested", "array", "escaped-quote", "escaped-backslash", "same-object"])
+def test_duplicates_with_and_without_escapes(data: bytes) -> None:
+    with pytest.raises(MalformedJSON) as info:
+        parse_json(data, max_depth=64)
+    assert info.value.extensions["duplicate_key"] in ("a", "c", "k", "t")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b'{"n":' + b"1" * 100 + b"}", {"n": int("1" * 100)}),
+    (b'[18446744073709551616, -9223372036854775809, 1.5]',
+     [2**64, -(2**63) - 1, 1.5]),
+    (b"-" + b"9" * 400, -int("9" * 400)),
+    (b'{"n":1e19,"s":"x"}', {"n": 1e19, "s": "x"}),
+], ids=["100-digits", "beyond-64-bits", "400-digits", "large-float"])
+def test_integers_beyond_64_bits_are_exact(data: bytes, expected: object) -> None:
+    doc = parse_json(data, max_depth=64)
+    assert doc == expected
+    assert type(doc) is type(expected)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"n":1.5e999}', b'{"n":NaN,"m":' + b"9" * 400 + b"}",
+    b'{"s":"\\ud800","m":' + b"9" * 400 + b"}", b'{"n":1,"n":' + b"9" * 400 + b"}",
+    b"[" * 65 + b"9" * 400 + b"]" * 65,
+], ids=["double-overflow", "nan", "lone-surrogate", "duplicate", "too-deep"])
+def test_the_exact_parser_is_as_strict(data: bytes) -> None:
+    with pytest.raises((MalformedJSON, JSONTooDeep)):
+        parse_json(data, max_depth=64)

@@ -281,3 +281,30 @@ async def test_metrics_app_speaks_openmetrics_when_asked(
     )
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert (await response.text()).endswith("# EOF\n")
+
+
+def test_links_counted_in_batches_and_children_reused(
+    metrics: ProxyMetrics, registry: CollectorRegistry
+) -> None:
+    labels = {"surface": "short_video_cart", "platform": "jd", "kind": "item",
+              "action": "allow", "mode": "enforce"}
+    metrics.observe_link(**labels, count=100)
+    metrics.observe_link(**labels)
+    assert value(registry, "links_total", **labels) == 101
+    for status in (200, 201, 200):
+        metrics.observe_request(route="video-cart-add", surface="short_video_cart",
+                                method="POST", status=status, seconds=0.001)
+    assert value(registry, "requests_total", route="video-cart-add",
+                 surface="short_video_cart", method="POST", status_class="2xx") == 3
+    assert value(registry, "request_duration_seconds_count", route="video-cart-add") == 3
+
+
+def test_label_child_caches_are_bounded(metrics: ProxyMetrics,
+                                        registry: CollectorRegistry) -> None:
+    """Methods come from clients: a flood of odd ones neither grows memory nor loses counts."""
+    for i in range(5000):
+        metrics.observe_request(route="passthrough", surface="none", method=f"M{i}",
+                                status=405, seconds=0.0)
+    assert len(metrics._request_children) <= 4096
+    assert value(registry, "requests_total", route="passthrough", surface="none",
+                 method="OTHER", status_class="4xx") == 5000

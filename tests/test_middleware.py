@@ -99,3 +99,50 @@ async def test_strip_edits_the_body_the_handler_reads(aiohttp_client: Any, engin
     assert response.status == 200
     assert seen == [{"items": [{"url": JD}]}]
     assert response.headers["Link-Policy-Stripped"] == 'count=1; pointers="#/items/0"'
+
+
+async def test_proxy_middleware_is_the_three_in_one(aiohttp_client: Any) -> None:
+    """Request id, metrics and problem rendering as ``request_id_middleware``,
+    ``metrics_middleware`` and ``problem_middleware`` do them, outermost first."""
+    from proxy.errors import MalformedJSON
+    from proxy.middleware import proxy_middleware
+
+    registry = CollectorRegistry()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def bad(request: web.Request) -> web.Response:
+        raise MalformedJSON("nope")
+
+    async def bug(request: web.Request) -> web.Response:
+        raise RuntimeError("bug")
+
+    async def gone(request: web.Request) -> web.Response:
+        raise web.HTTPNotFound()
+
+    app = web.Application(middlewares=[proxy_middleware(ProxyMetrics(registry))])
+    for path, handler in (("/ok", ok), ("/bad", bad), ("/bug", bug), ("/gone", gone)):
+        app.router.add_get(path, handler)
+    client = await aiohttp_client(app)
+    response = await client.get("/ok", headers={"X-Request-Id": "rid-1"})
+    assert (response.status, response.headers["X-Request-Id"]) == (200, "rid-1")
+    response = await client.get("/bad")
+    problem = await response.json(content_type="application/problem+json")
+    assert response.status == 400
+    assert problem["request_id"] == response.headers["X-Request-Id"]
+    assert len(problem["request_id"]) == 32
+    response = await client.get("/bug")
+    assert response.status == 500
+    assert (await response.json(content_type=None))["type"].endswith("internal-error")
+    assert (await client.get("/gone")).status == 404
+
+    def requests(status_class: str) -> float | None:
+        return registry.get_sample_value("cart_link_proxy_requests_total", {
+            "route": "passthrough", "surface": "none", "method": "GET",
+            "status_class": status_class})
+
+    assert (requests("2xx"), requests("4xx"), requests("5xx")) == (1, 2, 1)
+    assert registry.get_sample_value("cart_link_proxy_bad_input_total",
+                                     {"reason": "malformed-json"}) == 1
+    assert registry.get_sample_value("cart_link_proxy_in_flight_requests") == 0

@@ -36,6 +36,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--workers", metavar="N", type=int, help="worker processes")
     parser.add_argument("--metrics-port", metavar="P", type=int,
                         help="metrics/health port of worker 0 (worker i: P + i; 0 = off)")
+    parser.add_argument("--admin-port", metavar="P", type=int,
+                        help="admin API port, served by worker 0 (needs $CART_PROXY_ADMIN_TOKEN; "
+                             "0 = off)")
     parser.set_defaults(handler=_serve)
 
     demo = commands.add_parser(
@@ -44,6 +47,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
                     "shipped policy, and print curl commands to try.",
     )
     demo.add_argument("--port", metavar="P", type=int, default=8080, help="proxy port")
+    demo.add_argument("--host", metavar="H", default="127.0.0.1",
+                      help="listen address of both (0.0.0.0 in a container)")
     demo.add_argument("--at", metavar="ISO8601",
                       help="pretend it is this instant, e.g. 2022-02-20T12:00:00+08:00")
     demo.set_defaults(handler=_demo)
@@ -51,7 +56,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream,
-                 "workers": args.workers, "metrics_port": args.metrics_port}
+                 "workers": args.workers, "metrics_port": args.metrics_port,
+                 "admin_port": args.admin_port}
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings.log_level)
     return run(settings, path=args.config, overrides=overrides)
@@ -101,14 +107,14 @@ def _demo(args: argparse.Namespace) -> int:
     policy = load_policy(None)
     settings = settings_from_policy(policy, env={}, overrides={
         "port": args.port, "upstream": f"http://127.0.0.1:{args.port + 1}", "metrics_port": 0,
-        "host": "127.0.0.1",
+        "host": args.host,
     })
     configure_logging("WARNING")
 
     async def main() -> None:
         cart = web.AppRunner(create_demo_app(), access_log=None)
         await cart.setup()
-        await web.TCPSite(cart, "127.0.0.1", args.port + 1).start()
+        await web.TCPSite(cart, args.host, args.port + 1).start()
         app = create_app(settings, clock=clock, registry=CollectorRegistry())
         try:
             await serve(settings, app=app,

@@ -6,21 +6,27 @@ string in the document. A path that lands on an array or object selects every st
 Object keys are never scanned: they cannot be stripped or rewritten without changing the schema.
 
 Locations carry their concrete path (keys and indices); ``pointer(path)`` renders it as an RFC 6901
-pointer only when a finding needs one. Edits work on the parsed document in place: the caller owns
-it (it was parsed for this message alone).
+pointer only when a finding needs one. ``select_texts`` is the hot path's twin of ``select``: the
+same strings (give or take empty ones, which hold no link), in no particular order and without
+their paths, found level by level over whole lists of nodes with C-level ``map``/``filter`` loops;
+a message in which no link is acted on never needs a path. Edits work on the parsed document in
+place: the caller owns it (it was parsed for this message alone).
 
 >>> doc = {"items": [{"url": "a"}, {"url": "b", "title": "t"}]}
 >>> [(pointer(loc.path), loc.text) for loc in select(doc, compile_paths(["/items/*/url"]))]
 [('/items/0/url', 'a'), ('/items/1/url', 'b')]
+>>> sorted(select_texts(doc, compile_paths(["/items/*/url", "/items/1/title"])))
+['a', 'b', 't']
 >>> apply_edits(doc, removals=[removal_path(("items", 0, "url"), StripMode.ELEMENT)])
 {'items': [{'url': 'b', 'title': 't'}]}
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
+from typing import Any, Final, NamedTuple
 
 from proxy.core.model import StripMode
 
@@ -34,6 +40,7 @@ __all__ = [
     "removal_path",
     "resolve_pointer",
     "select",
+    "select_texts",
 ]
 
 Step = str | int
@@ -65,6 +72,14 @@ class _Trie:
     leaf: bool
 
 
+_Walker = Callable[[list[Any], list[str]], None]
+"""Appends to the list every string the compiled paths select below the given nodes."""
+
+
+def _nothing(nodes: list[Any], out: list[str]) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LinkPaths:
     """Compiled link locations of one route."""
@@ -74,6 +89,8 @@ class LinkPaths:
     trie: _Trie = _Trie((), False)
     overlapping: bool = False
     """Some string may be reached by two paths (then results are deduplicated)."""
+    texts: _Walker = field(default=_nothing, compare=False, repr=False)
+    """The paths compiled into nested closures, for ``select_texts``."""
 
 
 def _build_trie(patterns: Sequence[tuple[str, ...]]) -> _Trie:
@@ -104,7 +121,14 @@ def compile_paths(links: Iterable[str]) -> LinkPaths:
             patterns.append(tuple(_unescape(t) for t in link.split("/")[1:]))
     kept = () if everything else tuple(patterns)
     trie = _build_trie(kept)
-    return LinkPaths(kept, everything, trie, _overlaps(trie))
+    overlapping = _overlaps(trie)
+    if everything:
+        texts: _Walker = _strings_in
+    elif overlapping or not (trie.children or trie.leaf):
+        texts = _nothing  # select_texts goes through select, which deduplicates by path
+    else:
+        texts = _compile_texts(trie)
+    return LinkPaths(kept, everything, trie, overlapping, texts)
 
 
 def _overlaps(trie: _Trie) -> bool:
@@ -194,6 +218,90 @@ def _walk(node: object, at: Path, trie: _Trie, out: list[Location]) -> None:
                     _walk(value, (*at, index), child, out)
             elif token.isdigit() and int(token) < len(node):
                 _walk(node[int(token)], (*at, int(token)), child, out)
+
+
+def select_texts(doc: object, paths: LinkPaths) -> list[str]:
+    """The strings ``select`` finds, without paths and in no set order; empty ones may be left
+    out. One per selected location, so a string written twice counts twice."""
+    if paths.overlapping:
+        return [loc.text for loc in select(doc, paths)]
+    out: list[str] = []
+    paths.texts([doc], out)
+    return out
+
+
+_CONTAINER: Final = frozenset({dict, list}).__contains__
+_IS_STR: Final = frozenset({str}).__contains__
+
+
+def _strings_in(nodes: list[Any], out: list[str]) -> None:
+    """Every string among ``nodes`` or anywhere below them, a whole level at a time."""
+    while nodes:
+        kinds = list(map(type, nodes))
+        if kinds.count(str) == len(kinds):
+            out.extend(nodes)
+            return
+        out.extend(compress(nodes, map(_IS_STR, kinds)))
+        containers = list(compress(nodes, map(_CONTAINER, kinds)))
+        nodes = list(chain.from_iterable(
+            [c.values() if type(c) is dict else c for c in containers]
+        ))
+
+
+def _wildcard(nodes: list[Any]) -> list[Any]:
+    """Every member of every array and object among ``nodes``."""
+    return list(chain.from_iterable(
+        [n.values() if type(n) is dict else n for n in nodes if type(n) is dict or type(n) is list]
+    ))
+
+
+def _members(nodes: list[Any], kinds: list[type], token: str, index: int | None) -> list[Any]:
+    """Member ``token`` of each object (and, for a digit token, item ``index`` of each array);
+    ``kinds`` is ``[type(n) for n in nodes]``, or empty when every node is an object.
+
+    A None (missing or null) or any other empty value selects nothing: it holds no string.
+    """
+    if not kinds:
+        # dict.get through map: one C-level loop for the common array of objects.
+        return list(filter(None, map(dict.get, nodes, repeat(token, len(nodes)))))
+    found: list[Any] = []
+    for node, kind in zip(nodes, kinds, strict=True):
+        if kind is dict:
+            value = node.get(token)
+            if value:
+                found.append(value)
+        elif kind is list and index is not None and index < len(node):
+            found.append(node[index])
+    return found
+
+
+def _compile_texts(trie: _Trie) -> _Walker:
+    if trie.leaf:
+        return _strings_in
+    wildcard: _Walker | None = None
+    members: list[tuple[str, int | None, _Walker]] = []
+    for token, child in trie.children:
+        below = _compile_texts(child)
+        if token == WILDCARD:
+            wildcard = below
+        else:
+            members.append((token, int(token) if token.isascii() and token.isdigit() else None,
+                            below))
+    steps = tuple(members)
+
+    def walk(nodes: list[Any], out: list[str]) -> None:
+        if wildcard is not None and (found := _wildcard(nodes)):
+            wildcard(found, out)
+        if not steps:
+            return
+        kinds = list(map(type, nodes))
+        if kinds.count(dict) == len(kinds):
+            kinds = []
+        for token, index, below in steps:
+            if found := _members(nodes, kinds, token, index):
+                below(found, out)
+
+    return walk
 
 
 def removal_path(path: Path, mode: StripMode) -> Path:

@@ -203,7 +203,7 @@ def _whole_field_url(folded: str, urls: list[tuple[int, int]]) -> Candidate | No
     joined = _TAB_OR_NEWLINE.sub("", folded[start:end])
     if not _WHOLE_FIELD.fullmatch(joined):
         return None
-    return Candidate(CandidateKind.URL, start, end, joined)
+    return Candidate(CandidateKind.URL, start, end, fold_width(joined))
 
 
 def _start(candidate: Candidate) -> int:

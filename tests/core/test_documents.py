@@ -14,6 +14,7 @@ from proxy.core.documents import (
     removal_path,
     resolve_pointer,
     select,
+    select_texts,
 )
 from proxy.core.model import StripMode
 
@@ -76,3 +77,30 @@ def test_removing_any_elements_keeps_the_others_in_order(indices: list[int]) -> 
     apply_edits(doc, removals=[("items", i, "i") for i in indices] and
                 [removal_path(("items", i, "i"), StripMode.ELEMENT) for i in indices])
     assert [item["i"] for item in doc["items"]] == [i for i in range(20) if i not in indices]
+
+
+@pytest.mark.parametrize(("paths", "expected"), SELECT, ids=[",".join(p) for p, _ in SELECT])
+def test_select_texts_finds_what_select_finds(paths: list[str],
+                                              expected: list[tuple[str, str]]) -> None:
+    assert sorted(select_texts(DOC, compile_paths(paths))) == sorted(t for _, t in expected)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["", "x", "u1", "0"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["items", "url", "0", "a"]), inner, max_size=3),
+    max_leaves=25,
+)
+_PATHS = st.lists(
+    st.lists(st.sampled_from(["items", "url", "0", "1", "a", "*"]), min_size=1, max_size=3)
+    .map(lambda tokens: "/" + "/".join(tokens)) | st.just("**"),
+    min_size=1, max_size=3,
+)
+
+
+@given(_JSON, _PATHS)
+def test_select_texts_is_select_without_paths(doc: object, paths: list[str]) -> None:
+    """The same strings, counted per location, empty ones aside (they hold no link)."""
+    compiled = compile_paths(paths)
+    assert sorted(t for t in select_texts(doc, compiled) if t) == \
+        sorted(loc.text for loc in select(doc, compiled) if loc.text)

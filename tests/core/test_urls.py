@@ -403,7 +403,7 @@ def test_canonical_host_agrees_with_ada_and_is_idempotent(host: str) -> None:
 
 # The canonical fast path must agree with ada on everything it accepts ---------------------------
 
-_url_chars = st.sampled_from(list("abcxyz019-._~!$&()*+,;=:@/?#%AZ'\\\" <>`{}|^[]\t") + ["%2e", "/.", ".."])
+_url_chars = st.sampled_from([*"abcxyz019-._~!$&()*+,;=:@/?#%AZ'\\\" <>`{}|^[]\t", "%2e", "/.", ".."])
 
 
 @settings(max_examples=2000, deadline=None)

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.config import NonJSON
@@ -337,3 +338,108 @@ async def test_metrics_and_request_id(make_proxy: Any, registry: Any) -> None:
     assert registry.get_sample_value("cart_link_proxy_links_total", {
         "surface": "livestream_cart", "platform": "taobao", "kind": "item", "action": "block",
         "mode": "enforce"}) == 1
+
+
+class FakeResolver:
+    """Our ``LinkResolver`` protocol over a fixed table; None: not resolved in time."""
+
+    def __init__(self, table: dict[str, str | None]) -> None:
+        self.table = table
+        self.calls: list[list[str]] = []
+
+    def handles(self, url: str) -> bool:
+        return URL(url).host in {"t.cn", "bit.ly"}
+
+    async def resolve_many(self, urls: Any) -> dict[str, str | None]:
+        self.calls.append(list(urls))
+        return {url: self.table.get(url, url) for url in urls}
+
+
+SHORT_TB = "https://t.cn/A6tb"
+SHORT_OWN = "https://bit.ly/own"
+SHORT_LOST = "https://t.cn/A6lost"
+RESOLVES = {SHORT_TB: TAOBAO, SHORT_OWN: OWN, SHORT_LOST: None}
+
+
+@pytest.mark.parametrize(
+    ("path", "url", "at", "status", "rule"),
+    [
+        ("/v1/live/r1/cart/items", SHORT_TB, "after", 422, "taobao-cutoff-2022"),
+        ("/v1/live/r1/cart/items", SHORT_OWN, "after", 200, None),
+        ("/v1/live/r1/cart/items", SHORT_LOST, "after", 422, "unresolved-short-link"),
+        ("/v1/videos/v1/cart/items", SHORT_LOST, "after", 200, None),
+        ("/v1/videos/v1/cart/items", SHORT_TB, "before", 200, None),
+    ],
+    ids=["live-to-taobao", "live-to-own", "live-unresolved-blocks", "video-unresolved-allows",
+         "video-to-taobao-before-cutoff"],
+)
+async def test_short_links_are_judged_by_where_they_lead(
+    make_proxy: Any, upstream: Any, registry: Any, caplog: Any, path: str, url: str, at: str,
+    status: int, rule: str | None,
+) -> None:
+    recorder, _ = upstream
+    resolver = FakeResolver(RESOLVES)
+    client = await make_proxy(at=at, resolver=resolver)
+    body = cart(OWN, url, JD if "videos" in path else OWN)
+    with caplog.at_level("INFO", logger="cart_link_proxy.audit"):
+        response = await client.post(path, data=body, headers=JSON)
+    assert response.status == status
+    assert resolver.calls == [[url]]  # one batch per message, only the short link
+    if status == 422:
+        problem = await response.json()
+        assert [(link["pointer"], link["url"], link["rule"]) for link in problem["links"]] == \
+            [("/items/1/url", url, rule)]
+        assert recorder.requests == []
+    else:
+        assert recorder.last.body == body
+    if at == "before":
+        assert "rule=taobao-cutoff-2022" in response.headers["Link-Policy-Pending"]
+    if url == SHORT_LOST and status == 200:  # allowed, but on record
+        lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event")
+                 == "unresolved_short_link"]
+        assert [(r.fields["pointer"], r.fields["host"], r.fields["action"]) for r in lines] == \
+            [("/items/1/url", "t.cn", "allow")]
+        assert registry.get_sample_value("cart_link_proxy_links_total", {
+            "surface": "short_video_cart", "platform": "none", "kind": "page",
+            "action": "allow", "mode": "enforce"}) == 1
+
+
+async def test_no_resolution_without_short_links(make_proxy: Any, upstream: Any) -> None:
+    resolver = FakeResolver(RESOLVES)
+    client = await make_proxy(resolver=resolver)
+    response = await client.post("/v1/videos/v1/cart/items", data=cart(JD, OWN), headers=JSON)
+    assert response.status == 200
+    assert resolver.calls == []
+
+
+@pytest.mark.parametrize("number", [b"1" * 100, b"-" + b"9" * 400, b"18446744073709551616"],
+                         ids=["100-digits", "400-digits", "2**64"])
+async def test_big_integers_are_valid_json(make_proxy: Any, upstream: Any, engine: Any,
+                                           registry: Any, make_settings: Any,
+                                           aiohttp_client: Any, number: bytes) -> None:
+    """Allowed: forwarded byte for byte. Edited: every other number kept exactly."""
+    recorder, server = upstream
+    client = await make_proxy()
+    body = b'{"seller_id":"s1","stock":' + number + b',"items":[{"item_id":"1","url":"' + \
+        JD.encode() + b'"}]}'
+    response = await client.post("/v1/videos/v1/cart/items", data=body, headers=JSON)
+    assert response.status == 200
+    assert recorder.last.body == body
+    from dataclasses import replace
+
+    from proxy.app import create_app
+    from proxy.core.model import Action
+    from proxy.policyfile import build_engine
+    from tests.conftest import fixed_clock
+
+    custom = replace(engine.policy, rules=(replace(engine.policy.rules[0], action=Action.STRIP),))
+    settings = replace(make_settings(upstream=server.make_url("/")), policy=custom)
+    stripping = await aiohttp_client(create_app(settings, clock=fixed_clock("after"),
+                                                registry=CollectorRegistry(),
+                                                engine=build_engine(custom)))
+    body = b'{"seller_id":"s1","stock":' + number + b',"items":[{"url":"' + \
+        TAOBAO.encode() + b'"},{"url":"' + JD.encode() + b'"}]}'
+    response = await stripping.post("/v1/live/r1/cart/items", data=body, headers=JSON)
+    assert response.status == 200
+    assert recorder.last.body == b'{"seller_id":"s1","stock":' + number + b',"items":[{"url":"' \
+        + JD.encode() + b'"}]}'
