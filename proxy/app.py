@@ -33,7 +33,7 @@ from proxy.forwarding import forward
 from proxy.health import Health, add_health_routes
 from proxy.inspection import Inspector
 from proxy.metrics import ProxyMetrics, make_metrics_app
-from proxy.middleware import metrics_middleware, problem_middleware, request_id_middleware
+from proxy.middleware import proxy_middleware
 from proxy.policyfile import build_engine
 from proxy.redisconn import RedisClient, connect
 from proxy.resolver import LinkResolver, ResolverSettings, ShortLinkResolver
@@ -115,12 +115,11 @@ def create_app(
         cache=cache,
         redis=client,
     )
-    # Order, outermost first: the request id exists before anything can log or fail; metrics
-    # wrap the problem renderer so they count the status actually sent, errors included; the
-    # renderer is innermost so every error of the handler becomes problem+json once.
+    # One middleware (proxy_middleware): the request id exists before anything can log or fail;
+    # metrics wrap the problem renderer so they count the status actually sent, errors included;
+    # the renderer is innermost so every error of the handler becomes problem+json once.
     app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware(metrics),
-                     problem_middleware(metrics)],
+        middlewares=[proxy_middleware(metrics)],
         handler_args={"auto_decompress": False},
         client_max_size=settings.limits.max_body_bytes,
     )

@@ -9,6 +9,7 @@ proxy-auth pair of RFC 9110 §11.7. ``Host`` is replaced by the upstream's and r
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -62,9 +63,26 @@ def _hop_by_hop(headers: Headers) -> frozenset[str]:
     return HOP_BY_HOP | frozenset(t for t in named if t)
 
 
-def _new_id() -> str:
-    """128 random bits in hex (as ``uuid4().hex`` is, at a fifth of its cost)."""
-    return os.urandom(16).hex()
+class _RequestIds:
+    """32 hex digits: 64 random bits drawn once per process, then a 64-bit counter.
+
+    Unique across processes and restarts (the random half) without a ``getrandom`` system call
+    per request, which under load showed as 3.5% of the proxy's samples (py-spy).
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)  # a forked worker must not repeat ids
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count().__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():016x}"
+
+
+_new_id: Final = _RequestIds()
 
 
 @lru_cache(maxsize=64)

@@ -1,9 +1,8 @@
-"""aiohttp middlewares: the proxy's own (request id, metrics, error-to-problem) and
+"""aiohttp middlewares: the proxy's own (request id, metrics, error-to-problem, as one) and
 ``policy_middleware``, which applies the link policy inside an aiohttp cart service.
 
-``proxy_middleware`` is the proxy's three in one: each middleware costs an aiohttp call layer and
-a coroutine per request, and the throughput target is set against a bare pass-through, so the
-proxy runs the one; the three single-purpose forms stay for hosts that want only some of them.
+``proxy_middleware`` does three jobs in one middleware: each middleware costs an aiohttp call
+layer and a coroutine per request, and the throughput target is set against a bare pass-through.
 
 ``policy_middleware`` runs the same ``proxy.inspection`` as the proxy over the same route table,
 so a cart service gets the same decisions, the same headers and the same problem+json errors::
@@ -43,50 +42,9 @@ from proxy.inspection import Inspector, plan_outcome
 from proxy.metrics import PASSTHROUGH_ROUTE, ProxyMetrics
 from proxy.services import REQUEST_ID, ROUTE, Clock, FlagSource, StaticFlags, system_clock
 
-__all__ = [
-    "metrics_middleware",
-    "policy_middleware",
-    "problem_middleware",
-    "proxy_middleware",
-    "request_id_middleware",
-]
+__all__ = ["policy_middleware", "proxy_middleware"]
 
 _NONE: Final = "none"
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Take the client's ``X-Request-Id`` (or make one), store it, echo it on the response."""
-    request_id = hdr.request_id(request.headers)
-    request[REQUEST_ID] = request_id
-    response = await handler(request)
-    if not response.prepared:
-        response.headers[hdr.REQUEST_ID] = request_id
-    return response
-
-
-def metrics_middleware(metrics: ProxyMetrics) -> Middleware:
-    """Count each request by route, surface, method and the status actually sent."""
-
-    @web.middleware
-    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            with metrics.in_flight():
-                response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = 499  # client closed the connection (nginx's convention)
-            raise
-        finally:
-            _observe(metrics, request, status, started)
-
-    return observe
 
 
 def _render(request: web.Request, exc: ClientFacingError,
@@ -106,24 +64,6 @@ def _unexpected(request: web.Request, exc: Exception) -> web.Response:
                                      request_id=request.get(REQUEST_ID))
 
 
-def problem_middleware(metrics: ProxyMetrics | None = None) -> Middleware:
-    """Turn every ``ClientFacingError`` into problem+json and anything unexpected into a
-    logged 500; aiohttp's own ``HTTPException``s and cancellation pass through."""
-
-    @web.middleware
-    async def render(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ClientFacingError as exc:
-            return _render(request, exc, metrics)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            return _unexpected(request, exc)
-
-    return render
-
-
 def _observe(metrics: ProxyMetrics, request: web.Request, status: int, started: float) -> None:
     match = request.get(ROUTE)
     metrics.observe_request(
@@ -134,8 +74,12 @@ def _observe(metrics: ProxyMetrics, request: web.Request, status: int, started: 
 
 
 def proxy_middleware(metrics: ProxyMetrics) -> Middleware:
-    """``request_id_middleware``, ``metrics_middleware(metrics)`` and
-    ``problem_middleware(metrics)``, in that order (outermost first), as one middleware."""
+    """The proxy's one middleware, doing in this order (outermost first): take the client's
+    ``X-Request-Id`` (or make one), store it and echo it; count the request by route, surface,
+    method and the status actually sent (in-flight gauge, duration); turn every
+    ``ClientFacingError`` into problem+json and anything unexpected into a logged 500, while
+    aiohttp's own ``HTTPException``s and cancellation pass through. One middleware rather than
+    three: each costs an aiohttp call layer on every request."""
     in_flight = metrics.in_flight()
 
     @web.middleware

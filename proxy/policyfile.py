@@ -20,7 +20,7 @@ import tldextract
 import yaml
 
 from proxy.core.domains import DomainIndex
-from proxy.core.engine import Engine
+from proxy.core.engine import DEFAULT_MEMO_SIZE, Engine
 from proxy.core.policy import Policy, parse_policy
 from proxy.errors import ConfigError
 
@@ -125,7 +125,8 @@ class _LocalFileAdapter(requests.adapters.BaseAdapter):
 
 
 def build_engine(
-    policy: Policy, *, psl_file: str | os.PathLike[str] | None = None, memo_size: int = 65536
+    policy: Policy, *, psl_file: str | os.PathLike[str] | None = None,
+    memo_size: int = DEFAULT_MEMO_SIZE,
 ) -> Engine:
     """An engine for ``policy`` over the offline suffix list, warmed and ready to share."""
     domains = DomainIndex.for_platforms(suffix_splitter(psl_file), policy.platforms,

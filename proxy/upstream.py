@@ -12,7 +12,8 @@ is never reported as the upstream's.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import aiohttp
@@ -115,6 +116,9 @@ class Upstream:
         if declared is not None and declared > limit:
             raise UpstreamError(f"the cart service's response ({declared} bytes) exceeds the "
                                 f"inspection limit of {limit} bytes")
+        if declared is not None:
+            with _reading_errors_mapped():  # known and within the limit: one read, not a loop
+                return await response.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.chunks(response):
@@ -129,16 +133,23 @@ class Upstream:
         """The response body as it arrives, errors mapped."""
         content = response.content
         while True:
-            try:
+            with _reading_errors_mapped():
                 chunk = await content.readany()
-            except TimeoutError as exc:
-                raise UpstreamTimeout("the cart service stopped sending its response") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamUnavailable("the cart service's response broke off: "
-                                          f"{type(exc).__name__}") from exc
             if not chunk:
                 return
             yield chunk
+
+
+@contextmanager
+def _reading_errors_mapped() -> Iterator[None]:
+    """Map errors while reading a response body: timeouts to 504, the rest to 502."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout("the cart service stopped sending its response") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable("the cart service's response broke off: "
+                                  f"{type(exc).__name__}") from exc
 
 
 def _path(path_qs: str) -> str:

@@ -50,3 +50,23 @@ def test_pending_and_pointers() -> None:
     assert out[-1] == ("Sunset", "Mon, 28 Feb 2022 16:00:00 GMT")
     assert pending_headers([]) == []
     assert pointer_list(["/items/0", "/标题 x"]) == "#/items/0 #/%E6%A0%87%E9%A2%98%20x"
+
+
+def test_generated_request_ids_are_unique_and_differ_after_fork() -> None:
+    import os
+
+    from proxy.headers import request_id
+
+    ids = {request_id({}) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its first id and leaves at once
+        os.write(write, request_id({}).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:16] != request_id({})[:16]

@@ -20,13 +20,20 @@ from proxy.core.policy import Policy
 from proxy.core.textscan import TextScanner
 from proxy.core.urls import URLParser
 
-__all__ = ["Engine"]
+__all__ = ["DEFAULT_MEMO_SIZE", "Engine"]
+
+DEFAULT_MEMO_SIZE = 16384
+"""Decisions memoised per engine. Each entry keeps about eight small objects alive, and every
+full garbage collection walks them all (measured here: 108 ms with 65,536 entries, a latency
+spike whenever unique traffic turns the memo over), so the memo holds the hot set, not history."""
 
 
 class Engine:
     """The decision engine for one policy; build once at startup and share."""
 
-    def __init__(self, policy: Policy, domains: DomainIndex, *, memo_size: int = 65536) -> None:
+    def __init__(
+        self, policy: Policy, domains: DomainIndex, *, memo_size: int = DEFAULT_MEMO_SIZE
+    ) -> None:
         self.policy = policy
         self.rulebook = RuleBook(policy.rules)
         self._scanner = TextScanner(
