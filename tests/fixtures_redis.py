@@ -1,6 +1,6 @@
 """Real ``redis-server`` processes for tests: one server, a 3-master cluster, a sentinel.
 
-Load with ``pytest_plugins = ["tests.fixtures_redis"]`` in a test module. Servers run in a temp
+Registered for every test by ``pytest_plugins`` in tests/conftest.py. Servers run in a temp
 directory on a free loopback port with persistence off (``--save '' --appendonly no``).
 ``RedisServer`` can be stopped and started again on the same port, to kill Redis mid-traffic and
 bring it back. Nothing here is a mock.
@@ -17,14 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.local import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def free_cluster_port() -> int:

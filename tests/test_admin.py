@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from tests.fixtures_redis import RedisServer
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 TOKEN = "s3cret-admin-token"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

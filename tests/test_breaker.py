@@ -15,7 +15,6 @@ from proxy.errors import CacheUnavailable
 if TYPE_CHECKING:
     from tests.fixtures_redis import RedisServer
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 
 class FakeClock:

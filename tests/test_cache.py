@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from tests.fixtures_redis import RedisClusterProcesses, RedisServer
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 
 class FakeClock:

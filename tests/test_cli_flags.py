@@ -14,7 +14,6 @@ import pytest
 if TYPE_CHECKING:
     from tests.fixtures_redis import RedisServer
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 CLI = shutil.which("cart-link-proxy")
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from tests.fixtures_redis import RedisServer
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 RULE = RuleId("taobao-cutoff-2022")
 LIVE = SurfaceId("livestream_cart")

@@ -14,7 +14,6 @@ from proxy.redisconn import Topology, connect, parse_redis_url
 if TYPE_CHECKING:
     from tests.fixtures_redis import RedisClusterProcesses, RedisServer, SentinelProcess
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     from tests.fixtures_redis import RedisServer
 
-pytest_plugins = ["tests.fixtures_redis"]
 
 
 class Redirector:
@@ -184,7 +183,7 @@ async def test_ends_at_an_external_destination_without_fetching_app_links(redire
 
 
 async def test_an_unreachable_destination_is_where_the_link_leads(redirector, make_resolver):
-    from tests.fixtures_redis import free_port  # imported once pytest_plugins registered it
+    from tests.local import free_port
 
     _, base, port = redirector
     closed = free_port()

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.local import console_command
 
 CUTOFF = "2022-03-01T00:00:00+08:00"
 SCRIPT = shutil.which("cart-link-proxy")
 
 
 def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    command = [SCRIPT] if SCRIPT else [sys.executable, "-m", "proxy"]
-    return subprocess.run([*command, *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([*console_command(), *args], input=stdin, capture_output=True, text=True,
                           timeout=60, check=False)
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +39,7 @@ from proxy.flags import AUDIT_KEY
 from proxy.policyfile import build_engine, load_policy
 from tests.conftest import Recorder, fixed_clock
 from tests.fixtures_redis import RedisServer
+from tests.local import console_command, free_port
 
 LIVE = "/v1/live/r1/cart/items"
 VIDEO = "/v1/videos/v1/cart/items"
@@ -52,22 +51,10 @@ SHADOW = "Link-Policy-Shadow"
 TOKEN = "e2e-admin-token-0123456789"
 
 
-def _command() -> list[str]:
-    script = shutil.which("cart-link-proxy")
-    return [script] if script else [sys.executable, "-m", "proxy"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _free_pair() -> int:
     """A free port whose successor is free too (worker 1's metrics port)."""
     for _ in range(100):
-        port = _free_port()
+        port = free_port()
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port + 1))
@@ -187,7 +174,7 @@ def make_replica(
 
 async def run_cli(url: str, *args: str) -> None:
     process = await asyncio.create_subprocess_exec(
-        *_command(), "flags", *args, "--redis-url", url, "--actor", "e2e",
+        *console_command(), "flags", *args, "--redis-url", url, "--actor", "e2e",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "REDIS_URL": ""},
     )
@@ -458,7 +445,7 @@ async def test_unresolvable_short_link_follows_the_surface_choice(
 @asynccontextmanager
 async def serving(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     process = await asyncio.create_subprocess_exec(
-        *_command(), "serve", *args, stdout=asyncio.subprocess.PIPE,
+        *console_command(), "serve", *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
     )
     try:
@@ -491,7 +478,7 @@ async def test_admin_api_on_the_served_port_with_the_token_from_env(
     redis_url: str, upstream: tuple[Recorder, TestServer], policy_file: Path
 ) -> None:
     _, server = upstream
-    port, metrics, admin = _free_port(), _free_port(), _free_port()
+    port, metrics, admin = free_port(), free_port(), free_port()
     env = {"REDIS_URL": redis_url, "CART_PROXY_ADMIN_TOKEN": TOKEN}
     auth = {"Authorization": f"Bearer {TOKEN}", "X-Actor": "e2e"}
     base, admin_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
@@ -565,7 +552,7 @@ async def test_with_two_workers_only_worker_0_serves_admin(
 ) -> None:
     _, server = upstream
     metrics = _free_pair()
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     async with serving("--upstream", str(server.make_url("/")), "--port", str(port),
                        "--metrics-port", str(metrics), "--admin-port", str(admin),
                        "--workers", "2", env={"CART_PROXY_ADMIN_TOKEN": TOKEN}) as process, \
@@ -583,7 +570,7 @@ async def test_with_two_workers_only_worker_0_serves_admin(
 
 async def test_serve_refuses_an_admin_port_without_a_token() -> None:
     env = {"CART_PROXY_ADMIN_TOKEN": ""}
-    async with serving("--admin-port", str(_free_port()), env=env) as process:
+    async with serving("--admin-port", str(free_port()), env=env) as process:
         _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2
     assert b"CART_PROXY_ADMIN_TOKEN" in err

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,17 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-
-def _command() -> list[str]:
-    script = shutil.which("cart-link-proxy")
-    return [script] if script else [sys.executable, "-m", "proxy"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.local import console_command, free_port
 
 
 async def _wait_http(url: str, within: float = 15.0) -> None:
@@ -48,7 +36,7 @@ async def _wait_http(url: str, within: float = 15.0) -> None:
 async def _process(*args: str, env: dict[str, str] | None = None
                    ) -> AsyncIterator[asyncio.subprocess.Process]:
     process = await asyncio.create_subprocess_exec(
-        *_command(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *console_command(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     try:
@@ -67,7 +55,7 @@ async def test_sigterm_finishes_in_flight_requests(aiohttp_server: Any) -> None:
     app = web.Application()
     app.router.add_get("/slow", slow)
     upstream = await aiohttp_server(app)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     async with _process("serve", "--upstream", str(upstream.make_url("/")), "--port", str(port),
                         "--metrics-port", str(metrics_port),
                         env={"CART_PROXY_GRACE_PERIOD": "5"}) as process:
@@ -94,14 +82,14 @@ async def test_sigterm_finishes_in_flight_requests(aiohttp_server: Any) -> None:
 
 
 async def test_demo_starts_and_answers() -> None:
-    port = _free_port()
+    port = free_port()
     while True:  # the demo cart takes port + 1
         try:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", port + 1))
             break
         except OSError:
-            port = _free_port()
+            port = free_port()
     async with _process("demo", "--port", str(port)) as process:
         assert process.stdout is not None
         banner = await asyncio.wait_for(process.stdout.readline(), 15)
