@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from itertools import chain
 from operator import attrgetter
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import orjson
 
@@ -50,10 +50,11 @@ from proxy.core.model import (
     SurfaceId,
 )
 from proxy.core.policy import RouteSpec
-from proxy.core.rollout import FlagSnapshot
 from proxy.errors import PolicyBlocked
+from proxy.flags import FlagSource
 from proxy.logs import AUDIT_LOGGER, AuditRecord, audit
 from proxy.metrics import ProxyMetrics
+from proxy.resolver import LinkResolver
 
 __all__ = [
     "UNRESOLVED_RULE",
@@ -78,16 +79,6 @@ _HOST: Final = attrgetter("link.host")
 _LABELS: Final = attrgetter("platform", "kind")
 _ALLOW_ONLY: Final = frozenset({Action.ALLOW})
 _SHORT_HOSTS_MAX: Final = 4096
-
-
-class _Flags(Protocol):
-    def snapshot(self) -> FlagSnapshot: ...
-
-
-class _Resolver(Protocol):
-    def handles(self, url: str) -> bool: ...
-
-    async def resolve_many(self, urls: Sequence[str]) -> Mapping[str, str | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +144,10 @@ class Inspector:
     def __init__(
         self,
         engine: Engine,
-        flags: _Flags,
+        flags: FlagSource,
         *,
         metrics: ProxyMetrics | None = None,
-        resolver: _Resolver | None = None,
+        resolver: LinkResolver | None = None,
     ) -> None:
         self.engine = engine
         self.flags = flags
@@ -295,7 +286,7 @@ class Inspector:
 
     async def _resolve(
         self,
-        resolver: _Resolver,
+        resolver: LinkResolver,
         urls: list[str],
         surface: SurfaceId,
         at: datetime,

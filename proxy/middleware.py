@@ -38,9 +38,10 @@ from proxy.core.model import Direction
 from proxy.core.policy import RouteSpec
 from proxy.core.routes import RouteTable
 from proxy.errors import ClientFacingError, InputError, UnsupportedMediaType, UpstreamError
+from proxy.flags import FlagSource, StaticFlags
 from proxy.inspection import Inspector, plan_outcome
 from proxy.metrics import PASSTHROUGH_ROUTE, ProxyMetrics
-from proxy.services import REQUEST_ID, ROUTE, Clock, FlagSource, StaticFlags, system_clock
+from proxy.services import REQUEST_ID, ROUTE, Clock, system_clock
 
 __all__ = ["policy_middleware", "proxy_middleware"]
 

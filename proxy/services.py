@@ -2,10 +2,10 @@
 
 Modules read what they need from ``request.app[SERVICES]`` and per-request values from the
 ``web.RequestKey``s below, so nothing imports ``proxy.app`` for its keys. The seams other parts
-plug into are Protocols defined next to their implementations and re-exported here:
-``FlagSource`` (``proxy.flags``: ``StaticFlags`` serves the policy file's rollout, the Redis-backed
-``RedisFlagStore`` replaces it) and ``LinkResolver`` (``proxy.resolver``: short-link resolution;
-None means short links are judged as written).
+plug into are Protocols defined next to their implementations: ``proxy.flags.FlagSource``
+(``StaticFlags`` serves the policy file's rollout, the Redis-backed ``RedisFlagStore`` replaces
+it) and ``proxy.resolver.LinkResolver`` (short-link resolution; None means short links are
+judged as written).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from proxy.cache import DecisionCache
 from proxy.config import Settings
 from proxy.core.engine import Engine
 from proxy.core.routes import RouteMatch, RouteTable
-from proxy.flags import FlagSource, StaticFlags
+from proxy.flags import FlagSource
 from proxy.health import Health
 from proxy.inspection import Inspector
 from proxy.metrics import ProxyMetrics
@@ -34,10 +34,7 @@ __all__ = [
     "ROUTE",
     "SERVICES",
     "Clock",
-    "FlagSource",
-    "LinkResolver",
     "Services",
-    "StaticFlags",
     "system_clock",
 ]
 
