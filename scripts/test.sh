@@ -3,6 +3,9 @@
 # lint (ruff), types (mypy), Prometheus rule checks (promtool) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A Debian system Python marks itself externally managed (PEP 668); this project installs into it
+# on purpose (a fresh machine or CI), so say so.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
