@@ -5,8 +5,9 @@
   ``Content-Encoding`` dropped) or forwarded as the **original bytes** (allow, shadow, pending).
 - Routed read: the upstream's 2xx JSON answer is read, inspected as a response and, when edited,
   re-serialised with a new ``Content-Length``; status and other headers are kept.
-- Everything else: request and response bodies are streamed chunk by chunk in both directions;
-  nothing is buffered, so memory does not grow with the body size.
+- Everything else: request and response bodies are streamed chunk by chunk in both directions,
+  so memory does not grow with the body size; only a body of known length up to 64 KiB is
+  read whole and passed on in one piece (fewer loop turns than a streamed copy).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import logging
 from typing import Final
 
 import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import StreamReader, web
 
 from proxy import headers as hdr
 from proxy import intake
@@ -34,7 +34,7 @@ _log: Final = logging.getLogger("cart_link_proxy.forwarding")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _SMALL: Final = 64 * 1024
 """Upstream answers up to this size (with a Content-Length) are relayed in one piece."""
-# Constant tuples: headers.upstream_headers builds each skip set once per tuple.
+# Constant tuples: headers.upstream_fields builds each skip set once per tuple.
 _AS_SENT: Final = ("Expect",)
 _NEW_LENGTH: Final = ("Expect", "Content-Length")
 _NEW_BODY: Final = ("Expect", "Content-Length", "Content-Encoding")
@@ -53,8 +53,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
 
 
 def _upstream_headers(request: web.Request, drop: tuple[str, ...] = _AS_SENT
-                      ) -> CIMultiDict[str]:
-    return hdr.upstream_headers(
+                      ) -> list[tuple[str, str]]:
+    return hdr.upstream_fields(
         request.headers, peer=request.remote, scheme=request.scheme, host=request.host,
         request_id=request[REQUEST_ID], drop=drop,
     )
@@ -63,8 +63,16 @@ def _upstream_headers(request: web.Request, drop: tuple[str, ...] = _AS_SENT
 async def stream_through(
     request: web.Request, services: Services, route: str
 ) -> web.StreamResponse:
-    """Forward ``request`` as it is, streaming its body, and stream the answer back."""
-    data = request.content if request.body_exists else None
+    """Forward ``request`` as it is, streaming its body, and stream the answer back.
+
+    A small body of known length is read whole and sent as bytes: one read costs fewer loop
+    turns than a streamed copy, and nothing large is ever held.
+    """
+    data: bytes | StreamReader | None = None
+    if request.body_exists:
+        length = request.content_length
+        data = (await request.content.read() if length is not None and length <= _SMALL
+                else request.content)
     response = await services.upstream.send(
         request.method, request.raw_path, _upstream_headers(request), data,
         route=route, streaming=True,
@@ -81,10 +89,9 @@ async def _relay(
     response: aiohttp.ClientResponse,
     extra: tuple[tuple[str, str], ...],
 ) -> web.StreamResponse:
-    headers = hdr.downstream_headers(response.headers)
-    for name, value in extra:
-        headers.add(name, value)
-    headers[hdr.REQUEST_ID] = request[REQUEST_ID]
+    headers = hdr.downstream_fields(response.headers)
+    headers += extra
+    headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))
     length = response.content_length
     if length is not None and length <= _SMALL and request.method != "HEAD":
         # A small body of known length: one read and one plain response cost fewer loop turns
@@ -182,9 +189,8 @@ async def _routed_read(
         body, drop = raw, ("Content-Length",)  # type: tuple[bytes, tuple[str, ...]]
     else:
         body, drop = outcome.body, ("Content-Length", "Content-Encoding")
-    headers = hdr.downstream_headers(response.headers, drop=drop)
-    for name, value in outcome.headers:
-        headers.add(name, value)
-    headers[hdr.REQUEST_ID] = request[REQUEST_ID]
+    headers = hdr.downstream_fields(response.headers, drop=drop)
+    headers += outcome.headers
+    headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))
     return web.Response(status=response.status, reason=response.reason, body=body,
                         headers=headers)

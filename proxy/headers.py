@@ -30,10 +30,12 @@ __all__ = [
     "REWRITTEN",
     "SHADOW",
     "STRIPPED",
+    "downstream_fields",
     "downstream_headers",
     "pending_headers",
     "pointer_list",
     "request_id",
+    "upstream_fields",
     "upstream_headers",
 ]
 
@@ -48,6 +50,9 @@ STRIPPED: Final = "Link-Policy-Stripped"
 REWRITTEN: Final = "Link-Policy-Rewritten"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _UPSTREAM_SKIP: Final = HOP_BY_HOP | {"host", "x-request-id"}
+_XFF: Final = "X-Forwarded-For"
+_XFP: Final = "X-Forwarded-Proto"
+_XFH: Final = "X-Forwarded-Host"
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
@@ -111,6 +116,41 @@ def request_id(headers: Headers, new_id: Callable[[], str] = _new_id) -> str:
     return new_id()
 
 
+def upstream_fields(
+    headers: Headers,
+    *,
+    peer: str | None,
+    scheme: str,
+    host: str | None,
+    request_id: str,
+    drop: Iterable[str] = (),
+) -> list[tuple[str, str]]:
+    """Headers to send upstream, as the field list the client takes without another copy:
+    end-to-end fields only, forwarding fields appended (merged into one field each).
+
+    >>> out = upstream_fields(CIMultiDict({"Connection": "close, X-Secret", "X-Secret": "1",
+    ...     "Host": "a", "X-Forwarded-For": "10.0.0.1", "Accept": "*/*"}),
+    ...     peer="10.0.0.2", scheme="http", host="a", request_id="r1")
+    >>> sorted(out)  # doctest: +NORMALIZE_WHITESPACE
+    [('Accept', '*/*'), ('X-Forwarded-For', '10.0.0.1, 10.0.0.2'), ('X-Forwarded-Host', 'a'),
+     ('X-Forwarded-Proto', 'http'), ('X-Request-Id', 'r1')]
+    """
+    skip = _skip_for(_UPSTREAM_SKIP, headers, drop)
+    out = [field for field in headers.items() if field[0].lower() not in skip]
+    for name, added in ((_XFF, peer), (_XFP, scheme), (_XFH, host)):
+        if not added:
+            continue
+        if name in headers:  # rare: another proxy stands in front of this one
+            lowered = name.lower()
+            prior = [value for field, value in out if field.lower() == lowered]
+            out = [item for item in out if item[0].lower() != lowered]
+            out.append((name, ", ".join([*prior, added])))
+        else:
+            out.append((name, added))
+    out.append((REQUEST_ID, request_id))
+    return out
+
+
 def upstream_headers(
     headers: Headers,
     *,
@@ -120,7 +160,7 @@ def upstream_headers(
     request_id: str,
     drop: Iterable[str] = (),
 ) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end fields only, forwarding fields appended.
+    """``upstream_fields`` as a ``CIMultiDict``.
 
     >>> out = upstream_headers(CIMultiDict({"Connection": "close, X-Secret", "X-Secret": "1",
     ...     "Host": "a", "X-Forwarded-For": "10.0.0.1", "Accept": "*/*"}),
@@ -129,30 +169,19 @@ def upstream_headers(
     [('Accept', '*/*'), ('X-Forwarded-For', '10.0.0.1, 10.0.0.2'), ('X-Forwarded-Host', 'a'),
      ('X-Forwarded-Proto', 'http'), ('X-Request-Id', 'r1')]
     """
-    skip = _skip_for(_UPSTREAM_SKIP, headers, drop)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in skip:
-            out.add(name, value)
-    for field, added in (("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme),
-                         ("X-Forwarded-Host", host)):
-        if added:
-            if field in out:
-                out[field] = ", ".join([*out.popall(field), added])
-            else:
-                out[field] = added
-    out[REQUEST_ID] = request_id
-    return out
+    return CIMultiDict(upstream_fields(headers, peer=peer, scheme=scheme, host=host,
+                                       request_id=request_id, drop=drop))
+
+
+def downstream_fields(headers: Headers, *, drop: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Fields of an upstream response to pass to the client: end-to-end fields only."""
+    skip = _skip_for(HOP_BY_HOP, headers, drop)
+    return [field for field in headers.items() if field[0].lower() not in skip]
 
 
 def downstream_headers(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Headers of an upstream response to pass to the client: end-to-end fields only."""
-    skip = _skip_for(HOP_BY_HOP, headers, drop)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in skip:
-            out.add(name, value)
-    return out
+    """``downstream_fields`` as a ``CIMultiDict``."""
+    return CIMultiDict(downstream_fields(headers, drop=drop))
 
 
 def pointer_list(pointers: Iterable[str]) -> str:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import chain, compress
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -148,40 +149,41 @@ class _Shape(NamedTuple):
     """A float at or beyond 2**63: perhaps an integer literal orjson could only round."""
 
 
-def _members(nodes: list[Any]) -> Iterator[Any]:
-    """The members of the containers ``nodes``, one C-level iterator."""
-    kinds = set(map(type, nodes))
-    if list not in kinds:
-        return chain.from_iterable(map(dict.values, nodes))
-    if dict not in kinds:
-        return chain.from_iterable(nodes)
-    return chain.from_iterable([n.values() if type(n) is dict else n for n in nodes])
-
-
 def _shape(doc: dict[str, Any] | list[Any], max_depth: int) -> _Shape:
     """Count keys and strings level by level, raising ``JSONTooDeep`` past ``max_depth`` levels.
 
-    Each level is a whole list of containers, so the loops over their members run in C
-    (``map``, ``chain``, ``set``, ``compress``), not in bytecode.
+    Each level is a whole list of containers, gathered once, so the loops over their members
+    run in C (``map``, ``chain``, ``compress``, ``list.count``), not in bytecode.
     """
     keys = strings = 0
     rounded = False
     nodes: list[Any] = [doc]
+    node_kinds: list[type] = [type(doc)]
     depth = 1
     while True:
         if depth > max_depth:
             raise _too_deep(max_depth)
-        keys += sum([len(n) for n in nodes if type(n) is dict])
-        kinds = list(map(type, _members(nodes)))
+        dicts = node_kinds.count(dict)
+        if dicts == len(nodes):
+            keys += sum(map(len, nodes))
+            members = list(chain.from_iterable(map(dict.values, nodes)))
+        elif not dicts:
+            members = list(chain.from_iterable(nodes))
+        else:
+            keys += sum(map(len, compress(nodes, map(is_, node_kinds, repeat(dict)))))
+            members = list(chain.from_iterable(
+                [n.values() if type(n) is dict else n for n in nodes]))
+        kinds = list(map(type, members))
         present = set(kinds)
         if str in present:
             strings += kinds.count(str)
-        if float in present and max(map(abs, compress(_members(nodes),
-                                                      map(_IS_FLOAT, kinds)))) >= _I64:
+        if float in present and max(map(abs, compress(members, map(_IS_FLOAT, kinds)))) >= _I64:
             rounded = True
         if dict not in present and list not in present:
             return _Shape(keys, strings, rounded)
-        nodes = list(compress(_members(nodes), map(_IS_CONTAINER, kinds)))
+        containers = list(map(_IS_CONTAINER, kinds))
+        nodes = list(compress(members, containers))
+        node_kinds = list(compress(kinds, containers))
         depth += 1
 
 

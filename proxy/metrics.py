@@ -122,16 +122,23 @@ def _bounded(children: dict[_K, _V]) -> dict[_K, _V]:
 
 
 class _InFlight(AbstractContextManager[None]):
-    __slots__ = ("_gauge",)
+    """Counts requests in a plain integer that the gauge reads when scraped: two locked
+    increments per request cost more than the rest of the request's metrics (py-spy)."""
+
+    __slots__ = ("count",)
 
     def __init__(self, gauge: Gauge) -> None:
-        self._gauge = gauge
+        self.count = 0
+        gauge.set_function(self._read)
+
+    def _read(self) -> float:
+        return self.count
 
     def __enter__(self) -> None:
-        self._gauge.inc()
+        self.count += 1
 
     def __exit__(self, *exc: object) -> None:
-        self._gauge.dec()
+        self.count -= 1
 
 
 class ProxyMetrics:

@@ -70,3 +70,15 @@ def test_generated_request_ids_are_unique_and_differ_after_fork() -> None:
     os.close(read)
     os.close(write)
     assert child[:16] != request_id({})[:16]
+
+
+def test_upstream_fields_match_upstream_headers() -> None:
+    from proxy.headers import upstream_fields
+
+    incoming = CIMultiDict([("Accept", "*/*"), ("X-Forwarded-For", "a"), ("Connection", "x-b"),
+                            ("X-B", "1"), ("X-Multi", "1"), ("X-Multi", "2")])
+    args = {"peer": "p", "scheme": "https", "host": "h", "request_id": "r"}
+    fields = upstream_fields(incoming, **args)
+    assert sorted(fields) == sorted(upstream_headers(incoming, **args).items())
+    assert ("X-Forwarded-For", "a, p") in fields
+    assert [v for n, v in fields if n == "X-Multi"] == ["1", "2"]

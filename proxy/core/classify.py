@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from proxy.core.domains import DomainIndex
@@ -34,18 +36,26 @@ __all__ = ["Classifier"]
 _PACKAGE = re.compile(r"[;?&#]package=([A-Za-z0-9_.]+)")
 _SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 _CZ_MARK = re.compile("CZ[0-9]{4}")
+_MAX_SHARED_MATCHES = 64
+_MAX_SHARED_SINGLES = 65536
 
 
 class Classifier:
     """Turns text candidates into ``Link`` values; pure, built once per policy."""
 
-    def __init__(self, policy: Policy, domains: DomainIndex, parser: URLParser) -> None:
+    def __init__(
+        self, policy: Policy, domains: DomainIndex, parser: URLParser, *, host_cache_size: int = 16384
+    ) -> None:
         self._platforms: Mapping[PlatformId, Platform] = policy.platforms
         self._domains = domains
         self._parser = parser
         self._schemes = {s: p.id for p in policy.platforms.values() for s in p.schemes}
         self._packages = {a: p.id for p in policy.platforms.values() for a in p.app_packages}
         self._token_default = policy.token_default_platform
+        self._singles: dict[LayerMatch, tuple[LayerMatch]] = {}
+        self._host_plan: Callable[[str], _HostPlan | None] = lru_cache(maxsize=host_cache_size)(
+            self._plan_for
+        )
         self._token_words = tuple(
             (word.casefold(), p.id) for p in policy.platforms.values() for word in p.token_words
         )
@@ -61,14 +71,23 @@ class Classifier:
         layers = self._parser.layers(candidate.value)
         if not layers or not self._followable(candidate.value, layers[0]):
             return None
-        matches = []
-        for layer in layers:
-            match = self.layer_match(layer)
-            if match is not None:
-                matches.append(match)
         outer = layers[0]
+        if len(layers) == 1:  # the usual link: its one-match tuple is shared, like the match
+            matches = self._single(self.layer_match(outer))
+        else:
+            matches = tuple([m for m in map(self.layer_match, layers) if m is not None])
         return Link(written, candidate.start, candidate.end, outer.href, outer.host or None,
-                    tuple(matches))
+                    matches)
+
+    def _single(self, match: LayerMatch | None) -> tuple[LayerMatch, ...]:
+        if match is None:
+            return ()
+        shared = self._singles.get(match)
+        if shared is None:
+            shared = (match,)
+            if len(self._singles) < _MAX_SHARED_SINGLES:
+                self._singles[match] = shared
+        return shared
 
     def _followable(self, value: str, outer: Layer) -> bool:
         # A scheme-less candidate ("report.pdf", "v1.2") is a link only if its host has a
@@ -91,16 +110,36 @@ class Classifier:
                 return LayerMatch(self._packages[package.group(1)], LinkKind.DEEP_LINK,
                                   Evidence(layer.depth, layer.host,
                                            f"app package {package.group(1)}"))
-        found = self._domains.lookup(layer.host)
+        plan = self._host_plan(layer.host)
+        if plan is None:
+            return None
+        kind = _kind_in(plan.patterns, layer.href) or (
+            LinkKind.PAGE if layer.scheme in _SPECIAL_SCHEMES else LinkKind.DEEP_LINK
+        )
+        key = (kind, layer.depth)
+        match = plan.matches.get(key)
+        if match is None:
+            match = LayerMatch(plan.platform, kind, Evidence(layer.depth, layer.host, plan.reason))
+            if len(plan.matches) < _MAX_SHARED_MATCHES:
+                plan.matches[key] = match
+        return match
+
+    def _plan_for(self, host: str) -> _HostPlan | None:
+        """What a host alone settles: its platform, the evidence, and the kind patterns left to
+        try on the path and query (those whose host conditions hold, up to the first that has no
+        other condition)."""
+        found = self._domains.lookup(host)
         if found.platform is None:
             return None
         platform = self._platforms[found.platform]
-        kind = self._kind(platform, layer) or (
-            LinkKind.PAGE if layer.scheme in _SPECIAL_SCHEMES else LinkKind.DEEP_LINK
-        )
+        patterns: list[KindPattern] = []
+        for pattern in platform.kinds:
+            if _host_holds(pattern, host, found.registrable):
+                patterns.append(pattern)
+                if pattern.path is None and not pattern.query:
+                    break  # always holds: the patterns after it can never be reached
         what = "public suffix" if found.matched == found.suffix else "registered domain"
-        return LayerMatch(platform.id, kind,
-                          Evidence(layer.depth, layer.host, f"{what} {found.matched}"))
+        return _HostPlan(platform.id, f"{what} {found.matched}", tuple(patterns), {})
 
     def _kind(self, platform: Platform, layer: Layer) -> LinkKind | None:
         if not platform.kinds:
@@ -131,6 +170,28 @@ class Classifier:
             return None
         return LayerMatch(self._token_default, LinkKind.PASSWORD_TOKEN,
                           Evidence(0, "", "password token shape (default token platform)"))
+
+
+class _HostPlan(NamedTuple):
+    platform: PlatformId
+    reason: str
+    patterns: tuple[KindPattern, ...]
+    matches: dict[tuple[LinkKind, int], LayerMatch]
+    """Equal matches are shared, so memoised links hold fewer objects (bounded per host)."""
+
+
+def _kind_in(patterns: tuple[KindPattern, ...], href: str) -> LinkKind | None:
+    """The first pattern whose path and query conditions hold (host conditions already did)."""
+    if not patterns:
+        return None
+    first = patterns[0]
+    if first.path is None and not first.query:
+        return first.kind
+    path, query = _path_and_query(href)
+    for pattern in patterns:
+        if _rest_holds(pattern, path, query):
+            return pattern.kind
+    return None
 
 
 def _has_token_mark(written: str) -> bool:
@@ -170,16 +231,24 @@ def _query_value(query: str, name: str) -> str | None:
 def _pattern_holds(
     pattern: KindPattern, host: str, registrable: str, path: str, query: str
 ) -> bool:
+    return _host_holds(pattern, host, registrable) and _rest_holds(pattern, path, query)
+
+
+def _host_holds(pattern: KindPattern, host: str, registrable: str) -> bool:
     if pattern.hosts and host not in pattern.hosts:
         return False
     if pattern.domains and registrable not in pattern.domains and host not in pattern.domains:
         return False
-    if pattern.host is not None and not pattern.host.search(host):
-        return False
+    return pattern.host is None or pattern.host.search(host) is not None
+
+
+def _rest_holds(pattern: KindPattern, path: str, query: str) -> bool:
     if pattern.path is not None and not pattern.path.search(path):
         return False
     if pattern.query:
         for name, regex in pattern.query:
+            if name not in query:  # cheap rejection: most links carry none of the listed names
+                continue
             value = _query_value(query, name)
             if value is not None and (regex is None or regex.search(value) is not None):
                 return True

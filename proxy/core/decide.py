@@ -18,14 +18,20 @@ from proxy.core.model import (
     Direction,
     LayerMatch,
     Link,
+    LinkKind,
     LinkVerdict,
     PendingRule,
     PlatformId,
+    RuleId,
     SurfaceId,
 )
 from proxy.core.policy import Rule
 
-__all__ = ["RuleBook", "decide", "require_aware"]
+__all__ = ["RuleBook", "decide", "decide_checked", "require_aware"]
+
+_VerdictFields = tuple[Action, PlatformId | None, LinkKind, RuleId | None, str | None]
+_Outcome = tuple[_VerdictFields, tuple[tuple[tuple[str, str], PendingRule], ...]]
+_MAX_OUTCOMES = 4096
 
 
 def require_aware(at: datetime) -> datetime:
@@ -50,19 +56,31 @@ class RuleBook:
                     index.setdefault((platform, surface), []).append(rule)
         self._index = {key: tuple(found) for key, found in index.items()}
         self.boundaries: tuple[datetime, ...] = tuple(sorted({r.effective_from for r in self.rules}))
+        # The last instant asked about and its epoch, as one tuple so threads never see them mixed:
+        # callers pass one instant for a whole message (or run), and the check plus bisect over
+        # aware datetimes costs more than a memoised decision.
+        self._last_epoch: tuple[datetime, int] | None = None
+        self._instants = (
+            (self.boundaries[0] - timedelta(microseconds=1), *self.boundaries) if self.boundaries else ()
+        )
+        self.outcomes: dict[tuple[object, ...], _Outcome] = {}
+        """Per-link outcomes by (matches, surface, direction, instant); see ``_judge``."""
 
     def candidates(self, platform: PlatformId, surface: SurfaceId) -> tuple[Rule, ...]:
         return self._index.get((platform, surface), ())
 
     def epoch(self, at: datetime) -> int:
         """How many rule start instants ``at`` has reached: decisions only change between epochs."""
-        return bisect_right(self.boundaries, require_aware(at))
+        last = self._last_epoch
+        if last is not None and (at is last[0] or (at.tzinfo is not None and at == last[0])):
+            return last[1]
+        epoch = bisect_right(self.boundaries, require_aware(at))
+        self._last_epoch = (at, epoch)
+        return epoch
 
     def instant_in(self, epoch: int) -> datetime:
         """An instant inside ``epoch`` (its start, or just before the first boundary)."""
-        if epoch == 0:
-            return self.boundaries[0] - timedelta(microseconds=1)
-        return self.boundaries[epoch - 1]
+        return self._instants[epoch]
 
 
 def decide(
@@ -73,49 +91,86 @@ def decide(
     direction: Direction = Direction.REQUEST,
 ) -> Decision:
     """Decide every link and the input as a whole."""
-    require_aware(at)
+    return decide_checked(links, surface, require_aware(at), book, direction)
+
+
+def decide_checked(
+    links: Sequence[Link],
+    surface: SurfaceId,
+    at: datetime,
+    book: RuleBook,
+    direction: Direction = Direction.REQUEST,
+) -> Decision:
+    """``decide`` for an instant already known to be aware (the engine's epoch instants).
+
+    Each link's outcome depends only on its matches (shared between links by the classifier),
+    so it is memoised per (matches, surface, direction, instant) in the rule book.
+    """
+    outcomes = book.outcomes
+    request = direction is Direction.REQUEST
     verdicts: list[LinkVerdict] = []
     pending: dict[tuple[str, str], PendingRule] = {}
-    strictest: LinkVerdict | None = None
+    strictest: LinkVerdict | None = None  # the first of the strictest non-allow verdicts
+    top = 0
+    first: PlatformId | None = None
     for link in links:
-        verdict = _judge(link, surface, at, book, direction, pending)
+        matches = link.matches
+        if not matches:  # an unknown site: no rule can apply
+            verdicts.append(LinkVerdict(link, Action.ALLOW, None, LinkKind.PAGE, None))
+            continue
+        key = (matches, surface, request, at)
+        outcome = outcomes.get(key)
+        if outcome is None:
+            outcome = _outcome(matches, surface, at, book, direction)
+            if len(outcomes) >= _MAX_OUTCOMES:
+                outcomes.clear()
+            outcomes[key] = outcome
+        fields, waiting = outcome
+        for rule_key, rule in waiting:
+            if rule_key not in pending:
+                pending[rule_key] = rule
+        verdict = LinkVerdict(link, *fields)
         verdicts.append(verdict)
-        if strictest is None or verdict.action.rank > strictest.action.rank:
-            strictest = verdict
-    if strictest is None or strictest.action is Action.ALLOW:
-        first = next((v.platform for v in verdicts if v.platform is not None), None)
+        if first is None:
+            first = verdict.platform
+        if verdict.action is not Action.ALLOW:
+            rank = verdict.action.rank
+            if rank > top:
+                strictest, top = verdict, rank
+    if strictest is None:
         return Decision(Action.ALLOW, first, None, tuple(verdicts), tuple(pending.values()))
     return Decision(strictest.action, strictest.platform, strictest.rule, tuple(verdicts),
                     tuple(pending.values()))
 
 
-def _judge(
-    link: Link,
+def _outcome(
+    matches: tuple[LayerMatch, ...],
     surface: SurfaceId,
     at: datetime,
     book: RuleBook,
     direction: Direction,
-    pending: dict[tuple[str, str], PendingRule],
-) -> LinkVerdict:
-    """The strictest in-force rule over every layer of one link; records pending rules."""
+) -> _Outcome:
     best: tuple[Rule, LayerMatch, Action] | None = None
-    for match in link.matches:
+    waiting: dict[tuple[str, str], PendingRule] = {}
+    for match in matches:
         for rule in book.candidates(match.platform, surface):
             if rule.kinds is not None and match.kind not in rule.kinds:
                 continue
             action = rule.action_for(direction)
             if at < rule.effective_from:
                 key = (rule.id, match.platform)
-                if key not in pending:
-                    pending[key] = PendingRule(rule.id, match.platform, surface, action,
+                if key not in waiting:
+                    waiting[key] = PendingRule(rule.id, match.platform, surface, action,
                                                rule.effective_from)
             elif action is not Action.ALLOW and (best is None or action.rank > best[2].rank):
                 best = (rule, match, action)
     if best is None:
-        return LinkVerdict(link, Action.ALLOW, link.platform, link.kind, None)
-    rule, match, action = best
-    return LinkVerdict(link, action, match.platform, match.kind, rule.id,
-                       _target(rule, match.platform, surface, action))
+        verdict: _VerdictFields = (Action.ALLOW, matches[0].platform, matches[0].kind, None, None)
+    else:
+        rule, match, action = best
+        verdict = (action, match.platform, match.kind, rule.id,
+                   _target(rule, match.platform, surface, action))
+    return verdict, tuple(waiting.items())
 
 
 def _target(rule: Rule, platform: PlatformId, surface: SurfaceId, action: Action) -> str | None:

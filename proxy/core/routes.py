@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.core.policy import RouteSpec
 
 __all__ = ["RouteMatch", "RouteTable"]
+
+_SEEN_MAX: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,7 @@ def _compile(route: RouteSpec) -> _Compiled:
 class RouteTable:
     """Routes indexed by ``(METHOD, number of segments)``; the first declared route wins."""
 
-    __slots__ = ("_index",)
+    __slots__ = ("_index", "_seen")
 
     def __init__(self, routes: Iterable[RouteSpec]) -> None:
         index: dict[tuple[str, int], list[_Compiled]] = {}
@@ -64,9 +67,26 @@ class RouteTable:
         self._index: dict[tuple[str, int], tuple[_Compiled, ...]] = {
             key: tuple(value) for key, value in index.items()
         }
+        self._seen: dict[tuple[str, str], RouteMatch | None] = {}
 
     def match(self, method: str, path: str) -> RouteMatch | None:
-        """The route for ``method`` and the (already percent-decoded) ``path``, or None."""
+        """The route for ``method`` and the (already percent-decoded) ``path``, or None.
+
+        Answers are memoised per ``(method, path)`` (clients re-post the same carts and poll the
+        same pages); paths come from clients, so the memo is emptied when it reaches
+        ``_SEEN_MAX`` entries. A returned match is shared: its ``params`` must not be changed.
+        """
+        key = (method, path)
+        seen = self._seen
+        if key in seen:
+            return seen[key]
+        found = self._match(method, path)
+        if len(seen) >= _SEEN_MAX:
+            seen.clear()
+        seen[key] = found
+        return found
+
+    def _match(self, method: str, path: str) -> RouteMatch | None:
         parts = path.split("/")[1:]
         candidates = self._index.get((method.upper(), len(parts)))
         if not candidates:

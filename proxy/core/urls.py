@@ -38,6 +38,10 @@ _FRAGMENT_PAIRS: Final = re.compile("[&;]")
 # Could this query or fragment, once decoded, start with "scheme:" or "/"?
 _MAYBE_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*(?::|%3A|%253A)|/|%2F|%252F", re.IGNORECASE)
 _MAX_DECODES: Final = 3
+_HEX: Final = "0123456789abcdefABCDEF"
+_HEX_PAIRS: Final = {a + b: int(a + b, 16) for a in _HEX for b in _HEX}
+_ASCII_ESCAPES: Final = {pair: chr(byte) for pair, byte in _HEX_PAIRS.items() if byte < 0x80}
+_BYTE_ESCAPES: Final = frozenset(pair for pair, byte in _HEX_PAIRS.items() if byte >= 0x80)
 # The common case, already in WHATWG canonical form: lower-case http(s), a lower-case LDH host
 # ending in a letter label (no IPv4 reading, no punycode to validate), no userinfo or port, and a
 # rest with no character WHATWG would encode, no backslash and no dot segment. Such a URL's href
@@ -46,7 +50,6 @@ CANONICAL_HTTP_URL: Final = re.compile(
     r"(https?)://((?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
     r"(?:[/?#][A-Za-z0-9\-._~!$&()*+,;=:@/?#%]*)?"
 )
-_DOT_SEGMENT: Final = re.compile(r"/\.|%2e|xn--", re.IGNORECASE)
 _DOT: Final = re.compile("[.\uff0e\u3002\uff61]")  # full-width and ideographic stops are dots too
 
 
@@ -88,7 +91,11 @@ class URLParser:
         self._redirect = frozenset(name.lower() for name in redirect_params)
         # One C-level search tells whether any redirect parameter is present at all.
         names = "|".join(re.escape(name) for name in sorted(self._redirect)) or "(?!)"
-        self._redirect_pair = re.compile(rf"(?:^|[?&;#])(?:{names})=", re.IGNORECASE)
+        initials = "".join(sorted({re.escape(name[0]) for name in self._redirect})) or "^\\s\\S"
+        # Only searched from the '?' or '#' that starts the query, so '^' never applies; a leading
+        # character class lets re skip to the separators instead of trying every position, and the
+        # initials reject most parameters ("id", "spm") before the names are tried one by one.
+        self._redirect_pair = re.compile(rf"[?&;#](?i:(?=[{initials}])(?:{names}))=")
 
     def layers(self, value: str) -> tuple[Layer, ...]:
         """The link and every URL nested inside it; () when `value` is no URL a browser follows.
@@ -109,8 +116,8 @@ class URLParser:
         while index < len(found) and len(found) < self._max_layers:
             layer = found[index]
             index += 1
-            if layer.depth >= self._depth or not self._may_nest(layer.href):
-                continue
+            if layer.depth >= self._depth or (layer is not root and not self._may_nest(layer.href)):
+                continue  # (the root's _may_nest was checked above)
             for via, nested, bare in self._nested(layer.href):
                 child = _parse(nested, layer.depth + 1, via, bare=bare)
                 if child is not None and child.href not in seen:
@@ -176,16 +183,55 @@ def _decoded(value: str) -> str:
     for _ in range(_MAX_DECODES):
         if "%" not in value or _ABSOLUTE.match(value) or value.startswith("//"):
             break
-        value = unquote(value)
+        value = _unquote(value)
     return value
 
 
+def _unquote(value: str) -> str:
+    """``urllib.parse.unquote``, several times faster when every escape is ASCII (the usual
+    nested URL); anything else goes to ``unquote`` itself."""
+    if not value.isascii():
+        return unquote(value)
+    parts = value.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        char = _ASCII_ESCAPES.get(part[:2])
+        if char is not None:
+            out.append(char)
+            out.append(part[2:])
+        elif part[:2] in _BYTE_ESCAPES:
+            return unquote(value)  # a byte of a UTF-8 sequence (or an invalid one)
+        else:
+            out.append("%")  # not an escape: kept as written
+            out.append(part)
+    return "".join(out)
+
+
+def _has_dot_segment(value: str) -> bool:
+    # "/.", "%2e" or "xn--" in any case (value is ASCII here: it matched CANONICAL_HTTP_URL); a
+    # case-insensitive regex search tries every position and cost more than the rest of the parse.
+    return (
+        "/." in value
+        or "%2e" in value
+        or "%2E" in value
+        or ("--" in value and "xn--" in value.lower())
+    )
+
+
+def _canonical_layer(url: str, depth: int, via: str) -> Layer | None:
+    """The layer for a URL already in canonical form (see CANONICAL_HTTP_URL), without ada."""
+    canonical = CANONICAL_HTTP_URL.fullmatch(url)
+    if canonical is None or _has_dot_segment(url):
+        return None
+    cut = canonical.end(2)
+    href = url if url.startswith("/", cut) else f"{url[:cut]}/{url[cut:]}"
+    return Layer(href, canonical.group(1), canonical.group(2), depth, via)
+
+
 def _parse(value: str, depth: int, via: str, *, bare: bool) -> Layer | None:
-    canonical = CANONICAL_HTTP_URL.fullmatch(value)
-    if canonical is not None and not _DOT_SEGMENT.search(value):
-        cut = canonical.end(2)
-        href = value if value.startswith("/", cut) else f"{value[:cut]}/{value[cut:]}"
-        return Layer(href, canonical.group(1), canonical.group(2), depth, via)
+    layer = _canonical_layer(value, depth, via)
+    if layer is not None:
+        return layer
     text = value.strip(_C0_AND_SPACE)
     if not text:
         return None
@@ -193,12 +239,18 @@ def _parse(value: str, depth: int, via: str, *, bare: bool) -> Layer | None:
         url = text
     elif text.startswith("//"):
         url = "https:" + text
+        layer = _canonical_layer(url, depth, via)
+        if layer is not None:
+            return layer
     elif _SCHEME_ONLY.match(text):
         if depth:
             return None
         url = text  # mailto:, javascript:, https:\\host: still something a browser follows
     elif bare and text[0] not in "/\\.?#" and _DOT.search(text.partition("/")[0]):
-        url = "https://" + text
+        url = "https://" + text  # "item.jd.com/1.html", as the common scheme-less link is written
+        layer = _canonical_layer(url, depth, via)
+        if layer is not None:
+            return layer
     else:
         return None
     try:

@@ -33,3 +33,17 @@ def test_match(policy: Policy, method: str, path: str, route: str | None,
     else:
         assert match is not None
         assert (match.route.id, dict(match.params)) == (route, params)
+
+
+def test_memoised_answers_are_the_same_and_the_memo_is_bounded(policy: Policy) -> None:
+    table = RouteTable(policy.routes)
+    first = table.match("POST", "/v1/live/r1/cart/items")
+    assert table.match("POST", "/v1/live/r1/cart/items") is first
+    assert table.match("GET", "/elsewhere") is None
+    assert table.match("GET", "/elsewhere") is None
+    for i in range(5000):  # client-chosen paths cannot grow the memo without bound
+        table.match("GET", f"/unrouted/{i}")
+    assert len(table._seen) <= 4096
+    match = table.match("POST", "/v1/live/r2/cart/items")
+    assert match is not None
+    assert dict(match.params) == {"room_id": "r2"}
