@@ -31,12 +31,10 @@ __all__ = [
     "SHADOW",
     "STRIPPED",
     "downstream_fields",
-    "downstream_headers",
     "pending_headers",
     "pointer_list",
     "request_id",
     "upstream_fields",
-    "upstream_headers",
 ]
 
 HOP_BY_HOP: Final = frozenset({
@@ -151,37 +149,10 @@ def upstream_fields(
     return out
 
 
-def upstream_headers(
-    headers: Headers,
-    *,
-    peer: str | None,
-    scheme: str,
-    host: str | None,
-    request_id: str,
-    drop: Iterable[str] = (),
-) -> CIMultiDict[str]:
-    """``upstream_fields`` as a ``CIMultiDict``.
-
-    >>> out = upstream_headers(CIMultiDict({"Connection": "close, X-Secret", "X-Secret": "1",
-    ...     "Host": "a", "X-Forwarded-For": "10.0.0.1", "Accept": "*/*"}),
-    ...     peer="10.0.0.2", scheme="http", host="a", request_id="r1")
-    >>> sorted(out.items())  # doctest: +NORMALIZE_WHITESPACE
-    [('Accept', '*/*'), ('X-Forwarded-For', '10.0.0.1, 10.0.0.2'), ('X-Forwarded-Host', 'a'),
-     ('X-Forwarded-Proto', 'http'), ('X-Request-Id', 'r1')]
-    """
-    return CIMultiDict(upstream_fields(headers, peer=peer, scheme=scheme, host=host,
-                                       request_id=request_id, drop=drop))
-
-
 def downstream_fields(headers: Headers, *, drop: Iterable[str] = ()) -> list[tuple[str, str]]:
     """Fields of an upstream response to pass to the client: end-to-end fields only."""
     skip = _skip_for(HOP_BY_HOP, headers, drop)
     return [field for field in headers.items() if field[0].lower() not in skip]
-
-
-def downstream_headers(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """``downstream_fields`` as a ``CIMultiDict``."""
-    return CIMultiDict(downstream_fields(headers, drop=drop))
 
 
 def pointer_list(pointers: Iterable[str]) -> str:
