@@ -39,7 +39,7 @@ from proxy.flags import AUDIT_KEY
 from proxy.policyfile import build_engine, load_policy
 from tests.conftest import Recorder, fixed_clock
 from tests.fixtures_redis import RedisServer
-from tests.local import console_command, free_port
+from tests.local import console_command, free_port, wait_http
 
 LIVE = "/v1/live/r1/cart/items"
 VIDEO = "/v1/videos/v1/cart/items"
@@ -460,20 +460,6 @@ async def serving(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subp
                 await process.wait()
 
 
-async def _wait_http(session: aiohttp.ClientSession, url: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            async with session.get(url) as response:
-                if response.status < 500:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(url)
-        await asyncio.sleep(0.1)
-
-
 async def test_admin_api_on_the_served_port_with_the_token_from_env(
     redis_url: str, upstream: tuple[Recorder, TestServer], policy_file: Path
 ) -> None:
@@ -486,7 +472,7 @@ async def test_admin_api_on_the_served_port_with_the_token_from_env(
     async with serving("--config", str(policy_file), "--upstream", str(server.make_url("/")),
                        "--port", str(port), "--metrics-port", str(metrics),
                        "--admin-port", str(admin), env=env), aiohttp.ClientSession() as http:
-        await _wait_http(http, f"http://127.0.0.1:{metrics}/readyz")
+        await wait_http(f"http://127.0.0.1:{metrics}/readyz")
         for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
             async with http.put(f"{admin_base}/flags/kill", json={"on": True},
                                 headers=headers) as r:
@@ -558,8 +544,8 @@ async def test_with_two_workers_only_worker_0_serves_admin(
                        "--workers", "2", env={"CART_PROXY_ADMIN_TOKEN": TOKEN}) as process, \
             aiohttp.ClientSession() as http:
         for ops in (metrics, metrics + 1):
-            await _wait_http(http, f"http://127.0.0.1:{ops}/readyz")
-        await _wait_http(http, f"http://127.0.0.1:{admin}/flags")
+            await wait_http(f"http://127.0.0.1:{ops}/readyz")
+        await wait_http(f"http://127.0.0.1:{admin}/flags")
         async with http.get(f"http://127.0.0.1:{admin}/flags",
                             headers={"Authorization": f"Bearer {TOKEN}"}) as r:
             assert (await r.json())["source"] == "policy"

@@ -14,22 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from tests.local import console_command, free_port
-
-
-async def _wait_http(url: str, within: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(url)
-            await asyncio.sleep(0.1)
+from tests.local import console_command, free_port, wait_http
 
 
 @asynccontextmanager
@@ -59,7 +44,7 @@ async def test_sigterm_finishes_in_flight_requests(aiohttp_server: Any) -> None:
     async with _process("serve", "--upstream", str(upstream.make_url("/")), "--port", str(port),
                         "--metrics-port", str(metrics_port),
                         env={"CART_PROXY_GRACE_PERIOD": "5"}) as process:
-        await _wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+        await wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         async with aiohttp.ClientSession() as session:
             in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow"))
             await asyncio.sleep(0.3)
