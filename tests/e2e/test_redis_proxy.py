@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from proxy.app import create_admin, create_app
 from proxy.cache import RESOLVE_SCOPE, cache_key
@@ -567,3 +568,42 @@ async def test_serve_refuses_a_bad_redis_url() -> None:
         _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2
     assert b"REDIS_URL" in err
+
+
+# --- (e) the same on a Redis Cluster of three masters ---------------------------------------
+
+async def test_flags_and_short_links_through_the_proxy_on_a_cluster(
+    redis_cluster: Any, make_replica: MakeReplica, shortener: Shortener
+) -> None:
+    url = redis_cluster.url
+    replicas = [await make_replica(url), await make_replica(url)]
+    for replica in replicas:
+        assert await blocked(replica)
+    await run_cli(url, "kill", "on")
+    changed_by = time.monotonic() + 1.0
+    for replica in replicas:
+        while not await shadowed(replica):
+            assert time.monotonic() < changed_by, "the kill switch took over a second"
+            await asyncio.sleep(0.01)
+    await run_cli(url, "kill", "off")
+    for replica in replicas:
+        while not await blocked(replica):
+            assert time.monotonic() < changed_by + 1.0, "kill off took over a second"
+            await asyncio.sleep(0.01)
+    # A short link resolved by one replica is found in the cluster by the other.
+    link = shortener.link("/s/cluster")
+    assert await blocked(replicas[0], LIVE, link)
+    assert shortener.redirector.count("/s/cluster") == 1
+    cluster = RedisCluster(host="127.0.0.1", port=redis_cluster.servers[0].port)
+    try:
+        key = cache_key(RESOLVE_SCOPE, link)
+        for _ in range(200):  # the write-back runs in the background
+            if await cluster.get(key) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await cluster.get(key) == TAOBAO.encode()
+    finally:
+        await cluster.aclose()
+    assert await blocked(replicas[1], LIVE, link)
+    assert shortener.redirector.count("/s/cluster") == 1  # the second replica asked the cluster
+    assert replicas[1].metric("cache_requests_total", tier="redis", result="hit") == 1
