@@ -26,7 +26,7 @@ registry it is given.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Final, TypeVar
 
@@ -116,9 +116,24 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _bounded(children: dict[_K, _V]) -> dict[_K, _V]:
-    """``children``, or a fresh dict once it holds ``_CHILDREN_MAX`` entries."""
-    return children if len(children) < _CHILDREN_MAX else {}
+class _Children(dict[_K, _V]):
+    """Label children by the caller's raw label values, built on first use by ``build``.
+
+    ``labels()`` validates and locks on every call, which the per-request methods cannot
+    afford; a hit here is a plain dict lookup. At ``_CHILDREN_MAX`` entries the cache starts
+    afresh (the metric keeps its children; only the shortcut to them is forgotten).
+    """
+
+    def __init__(self, build: Callable[..., _V]) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, key: _K) -> _V:
+        if len(self) >= _CHILDREN_MAX:
+            self.clear()
+        child: _V = self._build(*key)  # type: ignore[misc]  # keys are the build's arguments
+        self[key] = child
+        return child
 
 
 class _InFlight(AbstractContextManager[None]):
@@ -233,12 +248,18 @@ class ProxyMetrics:
         self._kill_switch = gauge("kill_switch", "1 while the kill switch turns every rule off.")
         self._policy = Info(f"{PREFIX}_policy", "The loaded policy.", registry=registry)
         self._flag_changes = counter("flag_changes_total", "Rollout flag changes seen.")
-        # Label children by the caller's raw values: ``labels()`` validates and locks on every
-        # call, which the per-request methods cannot afford.
-        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
-        self._upstream_children: dict[tuple[str, str], Histogram] = {}
-        self._inspection_children: dict[tuple[str, str], Histogram] = {}
-        self._link_children: dict[tuple[str, str, str, str, str], Counter] = {}
+        self._request_children: _Children[tuple[str, str, str, int], tuple[Counter, Histogram]] = (
+            _Children(self._request_labels))
+        self._upstream_children: _Children[tuple[str, str], Histogram] = _Children(
+            lambda route, outcome: self._upstream_seconds.labels(
+                _identifier(route, self._routes), _closed(outcome, UPSTREAM_OUTCOMES)))
+        self._inspection_children: _Children[tuple[str, str], Histogram] = _Children(
+            lambda surface, direction: self._inspection_seconds.labels(
+                _identifier(surface, self._surfaces), _closed(direction, DIRECTIONS)))
+        self._link_children: _Children[tuple[str, str, str, str, str], Counter] = _Children(
+            lambda surface, platform, kind, action, mode: self._links.labels(
+                _identifier(surface, self._surfaces), _identifier(platform, self._platforms),
+                _closed(kind, KINDS), _closed(action, ACTIONS), _closed(mode, MODES)))
         self._in_flight_tracker = _InFlight(self._in_flight)
 
     # RED
@@ -246,40 +267,26 @@ class ProxyMetrics:
         self, *, route: str, surface: str, method: str, status: int, seconds: float
     ) -> None:
         """Count one answered request; ``route`` is a policy route id or ``"passthrough"``."""
-        key = (route, surface, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            route_label = _identifier(route, self._routes)
-            children = (
-                self._requests.labels(route_label, _identifier(surface, self._surfaces),
-                                      _method(method), _status_class(status)),
-                self._request_seconds.labels(route_label),
-            )
-            self._request_children = _bounded(self._request_children)
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        counter, histogram = self._request_children[(route, surface, method, status)]
+        counter.inc()
+        histogram.observe(seconds)
+
+    def _request_labels(
+        self, route: str, surface: str, method: str, status: int
+    ) -> tuple[Counter, Histogram]:
+        route_label = _identifier(route, self._routes)
+        return (
+            self._requests.labels(route_label, _identifier(surface, self._surfaces),
+                                  _method(method), _status_class(status)),
+            self._request_seconds.labels(route_label),
+        )
 
     def observe_upstream(self, *, route: str, seconds: float, outcome: str) -> None:
         """One call to the cart service; ``outcome`` is one of ``UPSTREAM_OUTCOMES``."""
-        key = (route, outcome)
-        child = self._upstream_children.get(key)
-        if child is None:
-            child = self._upstream_seconds.labels(
-                _identifier(route, self._routes), _closed(outcome, UPSTREAM_OUTCOMES))
-            self._upstream_children = _bounded(self._upstream_children)
-            self._upstream_children[key] = child
-        child.observe(seconds)
+        self._upstream_children[(route, outcome)].observe(seconds)
 
     def observe_inspection(self, *, surface: str, direction: str, seconds: float) -> None:
-        key = (surface, direction)
-        child = self._inspection_children.get(key)
-        if child is None:
-            child = self._inspection_seconds.labels(
-                _identifier(surface, self._surfaces), _closed(direction, DIRECTIONS))
-            self._inspection_children = _bounded(self._inspection_children)
-            self._inspection_children[key] = child
-        child.observe(seconds)
+        self._inspection_children[(surface, direction)].observe(seconds)
 
     def in_flight(self) -> AbstractContextManager[None]:
         """Context manager counting the request it wraps as in flight (one shared instance:
@@ -296,19 +303,7 @@ class ProxyMetrics:
     ) -> None:
         """``count`` inspected links (one message's, by label); ``platform`` is ``"none"`` for
         a site of no known platform."""
-        key = (surface, platform, kind, action, mode)
-        child = self._link_children.get(key)
-        if child is None:
-            child = self._links.labels(
-                _identifier(surface, self._surfaces),
-                _identifier(platform, self._platforms),
-                _closed(kind, KINDS),
-                _closed(action, ACTIONS),
-                _closed(mode, MODES),
-            )
-            self._link_children = _bounded(self._link_children)
-            self._link_children[key] = child
-        child.inc(count)
+        self._link_children[(surface, platform, kind, action, mode)].inc(count)
 
     def observe_enforcement(self, *, surface: str, action: str, mode: str) -> None:
         """One request blocked/stripped/rewritten (``mode="shadow"``: would have been)."""
