@@ -392,6 +392,21 @@ async def test_redis_killed_mid_traffic_and_restarted(
 
 # --- (c) short links in the request path -----------------------------------------------------
 
+async def cached_resolution(client: Redis | RedisCluster, link: str) -> bytes | None:
+    """Where the fleet's cache says ``link`` leads, once the background write-back has landed
+    (waiting up to 2 s); closes ``client``."""
+    key = cache_key(RESOLVE_SCOPE, link)
+    try:
+        for _ in range(200):
+            found: bytes | None = await client.get(key)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.01)
+        return None
+    finally:
+        await client.aclose()
+
+
 async def test_short_link_is_resolved_blocked_and_cached_for_the_fleet(
     redis_url: str, make_replica: MakeReplica, shortener: Shortener
 ) -> None:
@@ -401,16 +416,7 @@ async def test_short_link_is_resolved_blocked_and_cached_for_the_fleet(
     assert shortener.redirector.count("/s/abc") == 1
     # The chain ends at the Taobao item page, which the engine can judge: never fetched.
     assert [p for _, p in shortener.redirector.hits] == ["/s/abc"]
-    redis = Redis.from_url(redis_url)
-    try:
-        key = cache_key(RESOLVE_SCOPE, link)
-        for _ in range(200):  # the write-back runs in the background
-            if await redis.get(key) is not None:
-                break
-            await asyncio.sleep(0.01)
-        assert await redis.get(key) == TAOBAO.encode()
-    finally:
-        await redis.aclose()
+    assert await cached_resolution(Redis.from_url(redis_url), link) == TAOBAO.encode()
     assert await blocked(second, LIVE, link)
     assert shortener.redirector.count("/s/abc") == 1  # the second replica asked Redis
     assert second.metric("cache_requests_total", tier="redis", result="hit") == 1
@@ -595,15 +601,7 @@ async def test_flags_and_short_links_through_the_proxy_on_a_cluster(
     assert await blocked(replicas[0], LIVE, link)
     assert shortener.redirector.count("/s/cluster") == 1
     cluster = RedisCluster(host="127.0.0.1", port=redis_cluster.servers[0].port)
-    try:
-        key = cache_key(RESOLVE_SCOPE, link)
-        for _ in range(200):  # the write-back runs in the background
-            if await cluster.get(key) is not None:
-                break
-            await asyncio.sleep(0.01)
-        assert await cluster.get(key) == TAOBAO.encode()
-    finally:
-        await cluster.aclose()
+    assert await cached_resolution(cluster, link) == TAOBAO.encode()
     assert await blocked(replicas[1], LIVE, link)
     assert shortener.redirector.count("/s/cluster") == 1  # the second replica asked the cluster
     assert replicas[1].metric("cache_requests_total", tier="redis", result="hit") == 1
