@@ -349,7 +349,7 @@ class _Reader:
             path = f"surfaces.{key}"
             if self.identifier(key, path):
                 body = self.mapping(spec, path)
-                self._unknown(body, path, {"title", "unresolved"})
+                self.unknown_keys(body, path, {"title", "unresolved"})
                 unresolved = self.enum(body.get("unresolved", "allow"), f"{path}.unresolved",
                                        Action, Action.ALLOW)
                 if unresolved not in (Action.ALLOW, Action.BLOCK):
@@ -368,7 +368,7 @@ class _Reader:
             if not self.identifier(key, path):
                 continue
             body = self.mapping(spec, path)
-            self._unknown(body, path, {"title", "domains", "suffixes", "schemes", "app_packages",
+            self.unknown_keys(body, path, {"title", "domains", "suffixes", "schemes", "app_packages",
                                        "token_words", "kinds"})
             domains = self.lowered(body.get("domains", []), f"{path}.domains")
             for domain in sorted(domains):
@@ -396,7 +396,7 @@ class _Reader:
 
     def kind_pattern(self, value: object, path: str) -> KindPattern | None:
         body = self.mapping(value, path)
-        self._unknown(body, path, {"kind", "hosts", "domains", "host", "path", "query"})
+        self.unknown_keys(body, path, {"kind", "hosts", "domains", "host", "path", "query"})
         if "kind" not in body:
             self.errors.add(f"{path}.kind", "required")
             return None
@@ -427,7 +427,7 @@ class _Reader:
         for i, item in enumerate(self.sequence(value, "rules")):
             path = f"rules[{i}]"
             body = self.mapping(item, path)
-            self._unknown(body, path, {"id", "platforms", "surfaces", "effective_from", "action",
+            self.unknown_keys(body, path, {"id", "platforms", "surfaces", "effective_from", "action",
                                        "response_action", "kinds", "target", "note"})
             for key in ("id", "platforms", "surfaces", "effective_from", "action"):
                 if key not in body:
@@ -482,7 +482,7 @@ class _Reader:
 
     def flag(self, value: object, path: str, base: FlagDefaults) -> FlagDefaults:
         body = self.mapping(value, path)
-        self._unknown(body, path, {"mode", "percent"})
+        self.unknown_keys(body, path, {"mode", "percent"})
         return FlagDefaults(
             mode=self.enum(body.get("mode", base.mode), f"{path}.mode", Mode, base.mode),
             percent=self.integer(body.get("percent", base.percent), f"{path}.percent", 0, 100),
@@ -492,7 +492,7 @@ class _Reader:
         self, value: object, surfaces: Mapping[SurfaceId, Surface], rule_ids: set[RuleId]
     ) -> RolloutDefaults:
         body = self.mapping(value, "rollout")
-        self._unknown(body, "rollout", {"kill_switch", "default", "surfaces", "rules",
+        self.unknown_keys(body, "rollout", {"kill_switch", "default", "surfaces", "rules",
                                         "allow_sellers", "force_sellers"})
         default = self.flag(body.get("default", {}), "rollout.default", FlagDefaults())
         by_surface = {}
@@ -521,7 +521,7 @@ class _Reader:
 
     def seller(self, value: object, path: str, base: SellerSource) -> SellerSource:
         body = self.mapping(value, path)
-        self._unknown(body, path, {"header", "pointer"})
+        self.unknown_keys(body, path, {"header", "pointer"})
         pointer = body.get("pointer", base.pointer)
         if pointer is not None and (not isinstance(pointer, str) or not pointer.startswith("/")):
             self.errors.add(f"{path}.pointer", f"expected a JSON pointer such as /seller_id, "
@@ -538,7 +538,7 @@ class _Reader:
         for i, item in enumerate(self.sequence(value, "routes")):
             path = f"routes[{i}]"
             body = self.mapping(item, path)
-            self._unknown(body, path, {"id", "method", "path", "surface", "direction", "links",
+            self.unknown_keys(body, path, {"id", "method", "path", "surface", "direction", "links",
                                        "strip", "seller"})
             for key in ("id", "method", "path", "surface", "links"):
                 if key not in body:
@@ -585,9 +585,6 @@ class _Reader:
         return tuple(n for n in names if n in known)
 
     def unknown_keys(self, body: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
-        self._unknown(body, path, allowed)
-
-    def _unknown(self, body: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
         allowed_set = frozenset(allowed)
         for key in body:
             if key not in allowed_set:
