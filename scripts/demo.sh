@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 # A Debian system Python marks itself externally managed (PEP 668); this project installs into it
 # on purpose (a fresh machine or CI), so say so.
 export PIP_BREAK_SYSTEM_PACKAGES=1
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+fi
 if ! command -v cart-link-proxy >/dev/null || ! python3 -c "import proxy.cli" 2>/dev/null; then
     python3 -m pip install -q --disable-pip-version-check -e .
 fi

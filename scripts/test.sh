@@ -11,6 +11,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v wrk >/dev/null || need_apt+=(wrk)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if ((${#need_apt[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -22,8 +23,8 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 
-echo "== ruff"; ruff check proxy tests bench
-echo "== mypy"; mypy proxy
+echo "== ruff"; python3 -m ruff check proxy tests bench
+echo "== mypy"; python3 -m mypy proxy
 echo "== promtool"
 promtool check rules deploy/prometheus/alerts.yaml
 promtool test rules deploy/prometheus/alerts_test.yaml
