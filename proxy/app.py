@@ -3,7 +3,7 @@
 Everything is built here, once, without I/O: the engine (unless injected), the route table, the
 inspector, the metrics, and — when ``Settings.redis`` is set — the Redis client, the guard with
 its circuit breaker, the flag store and the tiered short-link cache. ``cleanup_ctx`` then opens
-what needs the running loop (the upstream ``ClientSession``, the resolver's own session, the flag
+what needs the running loop (the upstream connection pool, the resolver's own session, the flag
 watcher) and closes all of it, in reverse, on shutdown. The server never decompresses request
 bodies (``handler_args={"auto_decompress": False}``): they are inspected decoded but forwarded as
 sent.

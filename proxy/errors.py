@@ -22,6 +22,7 @@ pure core may use it.
     │   └── UpstreamError           the cart service could not be reached (5xx)
     │       ├── UpstreamUnavailable 502  refused, reset, DNS failure
     │       └── UpstreamTimeout     504  no answer within the configured timeout
+    ├── BadResponse                 the upstream's answer is not HTTP/1.1 (becomes UpstreamUnavailable)
     ├── CacheUnavailable            Redis failed or the circuit is open (never reaches a client)
     └── ResolveError                a short link could not be resolved (never reaches a client)
         └── ResolveRefused          the SSRF guard refused a hop (scheme, port, user, address)
@@ -33,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 __all__ = [
+    "BadResponse",
     "BodyTooLarge",
     "CacheUnavailable",
     "ClientFacingError",
@@ -155,6 +157,11 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     slug = "upstream-timeout"
     title = "The upstream cart service did not answer in time"
+
+
+class BadResponse(ProxyError):
+    """What the upstream sent is not a valid HTTP/1.1 response (``proxy.http1``); the proxy
+    answers its client 502 (``UpstreamUnavailable``)."""
 
 
 class CacheUnavailable(ProxyError):

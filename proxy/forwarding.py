@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-import aiohttp
-from aiohttp import StreamReader, web
+from aiohttp import web
 
 from proxy import headers as hdr
 from proxy import intake
@@ -27,6 +26,7 @@ from proxy.errors import InputError, UnsupportedMediaType, UpstreamError
 from proxy.inspection import plan_outcome
 from proxy.metrics import PASSTHROUGH_ROUTE
 from proxy.services import REQUEST_ID, ROUTE, SERVICES, Services
+from proxy.upstream import Body, Response
 
 __all__ = ["forward"]
 
@@ -34,9 +34,9 @@ _log: Final = logging.getLogger("cart_link_proxy.forwarding")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _SMALL: Final = 64 * 1024
 """Upstream answers up to this size (with a Content-Length) are relayed in one piece."""
-# Constant tuples: headers.upstream_fields builds each skip set once per tuple.
-_AS_SENT: Final = ("Expect",)
-_NEW_LENGTH: Final = ("Expect", "Content-Length")
+# Constant tuples: headers.upstream_fields builds each skip set once per tuple. The upstream
+# client frames every body itself, so Content-Length is never passed on as received.
+_AS_SENT: Final = ("Expect", "Content-Length")
 _NEW_BODY: Final = ("Expect", "Content-Length", "Content-Encoding")
 
 
@@ -68,14 +68,14 @@ async def stream_through(
     A small body of known length is read whole and sent as bytes: one read costs fewer loop
     turns than a streamed copy, and nothing large is ever held.
     """
-    data: bytes | StreamReader | None = None
+    data: Body = None
+    length = request.content_length
     if request.body_exists:
-        length = request.content_length
         data = (await request.content.read() if length is not None and length <= _SMALL
                 else request.content)
     response = await services.upstream.send(
         request.method, request.raw_path, _upstream_headers(request), data,
-        route=route, streaming=True,
+        route=route, streaming=True, length=length,
     )
     try:
         return await _relay(request, services, response, ())
@@ -86,7 +86,7 @@ async def stream_through(
 async def _relay(
     request: web.Request,
     services: Services,
-    response: aiohttp.ClientResponse,
+    response: Response,
     extra: tuple[tuple[str, str], ...],
 ) -> web.StreamResponse:
     headers = hdr.downstream_fields(response.headers)
@@ -144,7 +144,7 @@ async def _routed_write(
     )
     outcome = plan_outcome(plan, body.doc)
     if outcome.body is None:
-        data, drop = body.raw, _NEW_LENGTH  # type: tuple[bytes, tuple[str, ...]]
+        data, drop = body.raw, _AS_SENT  # type: tuple[bytes, tuple[str, ...]]
     else:
         data, drop = outcome.body, _NEW_BODY
     response = await services.upstream.send(
@@ -164,7 +164,7 @@ async def _routed_read(
     data = request.content if request.body_exists else None
     response = await services.upstream.send(
         request.method, request.raw_path, _upstream_headers(request), data,
-        route=route.id, streaming=False,
+        route=route.id, streaming=False, length=request.content_length,
     )
     try:
         if (request.method == "HEAD" or not 200 <= response.status < 300

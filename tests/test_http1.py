@@ -1,0 +1,514 @@
+"""The upstream HTTP/1.1 client against real sockets: aiohttp upstreams that record what they
+receive, and raw asyncio servers scripted byte by byte where an upstream must misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import StreamReader, web
+from aiohttp.base_protocol import BaseProtocol
+
+from proxy.errors import BadResponse
+from proxy.http1 import HIGH_WATER, Pool, Response, framing, may_retry, request_head
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class Scripted:
+    """A raw TCP server; ``script(reader, writer, n)`` runs for its n-th connection (0-based)."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            index = self.connections
+            self.connections += 1
+            try:
+                await self.script(reader, writer, index)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request head (and a Content-Length body) as sent."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return head + await reader.readexactly(int(line.split(b":")[1]))
+    return head
+
+
+async def exchange(pool: Pool, method: str = "GET", body: Any = None, *,
+                   read_timeout: float = 5.0, deadline: float | None = None,
+                   length: int | None = None) -> tuple[Response, bool]:
+    connection, reused = await pool.acquire(5.0)
+    head = request_head(method, "/x", f"127.0.0.1:{pool.port}", [("X-A", "1")],
+                        framing(method, body, length))
+    try:
+        response = await connection.exchange(head, body, stream_length=length,
+                                             head_request=method == "HEAD",
+                                             read_timeout=read_timeout, deadline=deadline)
+    except BaseException:
+        connection.close()
+        raise
+    return response, reused
+
+
+@pytest.fixture
+async def recording(aiohttp_server: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """An aiohttp upstream recording each request's connection, head and body."""
+    seen: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.append({"peer": request.transport.get_extra_info("peername")  # type: ignore[union-attr]
+                     if request.transport else None,
+                     "headers": dict(request.headers), "body": body, "method": request.method,
+                     "path": request.raw_path})
+        if request.path == "/close":
+            return web.Response(body=b"bye", headers={"Connection": "close"})
+        if request.path == "/chunked":
+            out = web.StreamResponse()
+            out.enable_chunked_encoding()
+            await out.prepare(request)
+            for piece in (b"a" * 10, b"b" * 20, b"c"):
+                await out.write(piece)
+            await out.write_eof()
+            return out
+        return web.Response(body=b"ok:" + hashlib.sha256(body).hexdigest().encode())
+
+    app = web.Application(client_max_size=2**26)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return await aiohttp_server(app), seen
+
+
+def make_pool(port: int, **options: Any) -> Pool:
+    return Pool("127.0.0.1", port, **options)
+
+
+# --- the request head ---------------------------------------------------------------------
+@pytest.mark.parametrize(("target", "fields"), [
+    ("/a\r\nX-Evil: 1", []),
+    ("/a\nb", []),
+    ("/a", [("X-A", "1\r\nX-Evil: 1")]),
+    ("/a", [("X-A", "1\nX-Evil: 1")]),
+    ("/a", [("X-A", "1\rX-Evil: 1")]),
+    ("/a", [("X-A\r\nX-Evil", "1")]),
+])
+def test_request_head_refuses_line_breaks(target: str, fields: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        request_head("GET", target, "up", fields, "")
+
+
+@pytest.mark.parametrize(("method", "body", "length", "expected"), [
+    ("GET", None, None, ""),
+    ("POST", None, None, "Content-Length: 0\r\n"),
+    ("PUT", None, None, "Content-Length: 0\r\n"),
+    ("POST", b"abc", None, "Content-Length: 3\r\n"),
+    ("POST", b"", None, "Content-Length: 0\r\n"),
+])
+def test_framing_of_whole_bodies(method: str, body: bytes | None, length: int | None,
+                                 expected: str) -> None:
+    assert framing(method, body, length) == expected
+
+
+async def test_framing_of_streams() -> None:
+    stream = _stream([])
+    assert framing("POST", stream, 10) == "Content-Length: 10\r\n"
+    assert framing("POST", stream, None) == "Transfer-Encoding: chunked\r\n"
+
+
+def test_request_head_bytes_survive_surrogate_escapes() -> None:
+    # aiohttp hands over non-UTF-8 header bytes as surrogate escapes; they go out as received.
+    value = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert b"X-A: caf\xe9\r\n" in request_head("GET", "/", "up", [("X-A", value)], "")
+
+
+# --- keep-alive -------------------------------------------------------------------------------
+async def test_keep_alive_reuses_one_connection(recording: Any) -> None:
+    server, seen = recording
+    pool = make_pool(server.port)
+    try:
+        for i in range(3):
+            response, reused = await exchange(pool, "POST", b'{"n":%d}' % i)
+            assert response.status == 200
+            assert await response.read() == b"ok:" + hashlib.sha256(
+                b'{"n":%d}' % i).hexdigest().encode()
+            response.release()
+            assert reused is (i > 0)
+        assert len({s["peer"] for s in seen}) == 1
+        assert pool.open_connections == pool.idle_connections == 1
+        assert seen[0]["headers"]["Content-Length"] == "7"
+        assert seen[0]["headers"]["Host"] == f"127.0.0.1:{server.port}"
+    finally:
+        await pool.close()
+
+
+async def test_connection_close_is_not_reused(recording: Any) -> None:
+    server, seen = recording
+    pool = make_pool(server.port)
+    try:
+        connection, _ = await pool.acquire(5.0)
+        head = request_head("GET", "/close", "up", [], "")
+        response = await connection.exchange(head, None, stream_length=None, head_request=False,
+                                             read_timeout=5, deadline=None)
+        assert await response.read() == b"bye"
+        response.release()
+        assert pool.idle_connections == 0
+        response, reused = await exchange(pool)
+        response.release()
+        assert not reused
+        assert len({s["peer"] for s in seen}) == 2
+    finally:
+        await pool.close()
+
+
+async def test_unread_body_closes_the_connection(recording: Any) -> None:
+    server, _ = recording
+    pool = make_pool(server.port)
+    try:
+        connection, _ = await pool.acquire(5.0)
+        head = request_head("GET", "/chunked", "up", [], "")
+        response = await connection.exchange(head, None, stream_length=None,
+                                             head_request=False, read_timeout=5, deadline=None)
+        response.release()  # before reading: the rest of the body would poison the next answer
+        assert pool.idle_connections == 0
+        with pytest.raises(RuntimeError, match="released"):
+            await response.read()
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_expire(recording: Any) -> None:
+    server, seen = recording
+    pool = make_pool(server.port, keepalive=0.05)
+    try:
+        response, _ = await exchange(pool)
+        await response.read()
+        response.release()
+        await asyncio.sleep(0.1)
+        response, reused = await exchange(pool)
+        await response.read()
+        response.release()
+        assert not reused
+        assert len({s["peer"] for s in seen}) == 2
+    finally:
+        await pool.close()
+
+
+async def test_pool_limit_waits_for_a_free_connection(recording: Any) -> None:
+    server, _ = recording
+    pool = make_pool(server.port, limit=1)
+    try:
+        first, _ = await exchange(pool)
+        second = asyncio.ensure_future(exchange(pool))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # the only connection is busy
+        await first.read()
+        first.release()
+        response, reused = await second
+        assert reused
+        assert await response.read()
+        response.release()
+        busy, _ = await exchange(pool)
+        with pytest.raises(TimeoutError):
+            await pool.acquire(0.05)
+        await busy.read()
+        busy.release()
+        assert pool.open_connections == pool.idle_connections == 1
+    finally:
+        await pool.close()
+
+
+# --- response framing ---------------------------------------------------------------------------
+async def test_chunked_response(recording: Any) -> None:
+    server, _ = recording
+    pool = make_pool(server.port)
+    try:
+        connection, _ = await pool.acquire(5.0)
+        response = await connection.exchange(request_head("GET", "/chunked", "up", [], ""), None,
+                                             stream_length=None, head_request=False,
+                                             read_timeout=5, deadline=None)
+        assert response.content_length is None
+        assert await response.read() == b"a" * 10 + b"b" * 20 + b"c"
+        response.release()
+        assert pool.idle_connections == 1
+    finally:
+        await pool.close()
+
+
+async def _http10(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+    await writer.drain()
+
+
+async def _head_with_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            n: int) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(1)
+
+
+async def _early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       n: int) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                 b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-B: 2\r\n\r\nok")
+    await writer.drain()
+    await read_request(reader)
+
+
+async def _not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    await read_request(reader)
+    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+    await writer.drain()
+
+
+async def test_body_until_the_connection_ends() -> None:
+    async with Scripted(_http10) as server:
+        pool = make_pool(server.port)
+        response, _ = await exchange(pool)
+        assert await response.read() == b"until the end"
+        response.release()
+        assert pool.open_connections == 0
+        await pool.close()
+
+
+async def test_head_response_carries_no_body() -> None:
+    async with Scripted(_head_with_length) as server:
+        pool = make_pool(server.port)
+        response, _ = await exchange(pool, "HEAD")
+        assert response.content_length == 1000
+        assert await asyncio.wait_for(response.read(), 0.5) == b""
+        response.release()
+        assert pool.open_connections == 0  # closed: llhttp would wait for the 1000 bytes
+        await pool.close()
+
+
+async def test_informational_answers_are_skipped() -> None:
+    async with Scripted(_early_hints) as server:
+        pool = make_pool(server.port)
+        response, _ = await exchange(pool)
+        assert (response.status, response.reason) == (201, "Created")
+        assert "Link" not in response.headers
+        assert response.headers["X-B"] == "2"
+        assert await response.read() == b"ok"
+        response.release()
+        assert pool.idle_connections == 1
+        await pool.close()
+
+
+async def test_not_http_is_a_bad_response() -> None:
+    async with Scripted(_not_http) as server:
+        pool = make_pool(server.port)
+        with pytest.raises(BadResponse, match=r"not valid HTTP/1\.1"):
+            await exchange(pool)
+        assert pool.open_connections == 0
+        await pool.close()
+
+
+# --- timeouts -----------------------------------------------------------------------------------
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    await read_request(reader)
+    await asyncio.sleep(5)
+
+
+async def _dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            writer.write(b"x")
+            await writer.drain()
+
+
+async def test_read_timeout_is_the_longest_silence() -> None:
+    async with Scripted(_silent) as server:
+        pool = make_pool(server.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await exchange(pool, read_timeout=0.1)
+        assert 0.09 <= loop.time() - started < 1.0
+        await pool.close()
+
+
+async def test_dripping_body_keeps_the_read_timeout_but_not_the_deadline() -> None:
+    async with Scripted(_dripping) as server:
+        pool = make_pool(server.port)
+        response, _ = await exchange(pool, read_timeout=0.3)  # every byte within 0.3 s
+        assert await response.read() == b"x" * 100
+        response.release()
+        loop = asyncio.get_running_loop()
+        response, _ = await exchange(pool, read_timeout=0.3, deadline=loop.time() + 0.3)
+        with pytest.raises(TimeoutError):
+            await response.read()
+        response.release()
+        await pool.close()
+
+
+# --- flow control -------------------------------------------------------------------------------
+async def test_large_response_is_not_buffered(aiohttp_server: Any) -> None:
+    size = 16 * 1024 * 1024
+    block = bytes(range(256)) * 256
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Length": str(size)})
+        await out.prepare(request)
+        for _ in range(size // len(block)):
+            await out.write(block)
+        return out
+
+    app = web.Application()
+    app.router.add_get("/", big)
+    server = await aiohttp_server(app)
+    pool = make_pool(server.port)
+    connection, _ = await pool.acquire(5.0)
+    response = await connection.exchange(request_head("GET", "/", "up", [], ""), None,
+                                         stream_length=None, head_request=False,
+                                         read_timeout=5, deadline=None)
+    await asyncio.sleep(0.3)  # a consumer that does not read
+    assert connection.buffered <= HIGH_WATER + 2 * 65536
+    digest, total, peak = hashlib.sha256(), 0, 0
+    while chunk := await response.readany():
+        digest.update(chunk)
+        total += len(chunk)
+        peak = max(peak, connection.buffered)
+    assert total == size
+    assert peak <= HIGH_WATER + 2 * 65536
+    assert digest.digest() == hashlib.sha256(block * (size // len(block))).digest()
+    response.release()
+    await pool.close()
+
+
+def _stream(chunks: list[bytes]) -> StreamReader:
+    loop = asyncio.get_running_loop()
+    stream = StreamReader(BaseProtocol(loop), 2**24, loop=loop)
+    for chunk in chunks:
+        stream.feed_data(chunk)
+    stream.feed_eof()
+    return stream
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_streamed_request_body(recording: Any, declared: bool) -> None:
+    server, seen = recording
+    chunks = [b"x" * 70000, b"y" * 5, b"z" * 300000]
+    body = b"".join(chunks)
+    pool = make_pool(server.port)
+    try:
+        response, _ = await exchange(pool, "POST", _stream(chunks),
+                                     length=len(body) if declared else None)
+        assert await response.read() == b"ok:" + hashlib.sha256(body).hexdigest().encode()
+        response.release()
+        assert seen[0]["body"] == body
+        headers = seen[0]["headers"]
+        if declared:
+            assert headers["Content-Length"] == str(len(body))
+        else:
+            assert headers["Transfer-Encoding"] == "chunked"
+        assert pool.idle_connections == 1
+    finally:
+        await pool.close()
+
+
+async def test_short_streamed_body_is_not_sent_as_complete(recording: Any) -> None:
+    server, _ = recording
+    pool = make_pool(server.port)
+    try:
+        with pytest.raises(ConnectionResetError, match="ended after 3 of its 10 bytes"):
+            await exchange(pool, "POST", _stream([b"abc"]), length=10, read_timeout=1)
+        assert pool.open_connections == 0
+    finally:
+        await pool.close()
+
+
+# --- stale connections and cancellation -------------------------------------------------------
+async def _closes_on_second_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                    n: int) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    await read_request(reader)  # the upstream timed the connection out as this came in
+
+
+@pytest.mark.parametrize(("method", "body", "retried"), [
+    ("GET", None, True),
+    ("PUT", b"{}", True),
+    ("POST", b"{}", False),
+])
+async def test_stale_connection_is_retried_only_when_safe(method: str, body: bytes | None,
+                                                          retried: bool) -> None:
+    async with Scripted(_closes_on_second_request) as server:
+        pool = make_pool(server.port)
+        response, _ = await exchange(pool)
+        await response.read()
+        response.release()
+        connection, reused = await pool.acquire(5.0)
+        assert reused
+        head = request_head(method, "/", "up", [], framing(method, body, None))
+        with pytest.raises(ConnectionResetError):
+            await connection.exchange(head, body, stream_length=None, head_request=False,
+                                      read_timeout=5, deadline=None)
+        assert may_retry(method, body, reused, connection) is retried
+        await pool.close()
+
+
+async def test_cancelled_exchange_closes_the_connection() -> None:
+    async with Scripted(_silent) as server:
+        pool = make_pool(server.port)
+        task = asyncio.ensure_future(exchange(pool))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert pool.open_connections == 0
+        await pool.close()
+
+
+async def _talks_out_of_turn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             n: int) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(1)
+
+
+async def test_idle_connection_that_talks_is_dropped() -> None:
+    async with Scripted(_talks_out_of_turn) as server:
+        pool = make_pool(server.port)
+        response, _ = await exchange(pool)
+        await response.read()
+        response.release()
+        assert pool.idle_connections == 1
+        await asyncio.sleep(0.2)
+        assert pool.idle_connections == pool.open_connections == 0
+        await pool.close()
