@@ -17,11 +17,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from itertools import chain
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -81,8 +81,7 @@ _ALLOW_ONLY: Final = frozenset({Action.ALLOW})
 _SHORT_HOSTS_MAX: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     """One link that a rule covers, where it is, and what was (or would be) done to it."""
 
     path: Path
@@ -107,8 +106,7 @@ class Finding:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ActionPlan:
+class ActionPlan(NamedTuple):
     route: RouteSpec
     seller: str | None
     action: Action
@@ -120,8 +118,7 @@ class ActionPlan:
     """Short links allowed although they could not be resolved (``unresolved: allow``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     body: bytes | None
     """The edited document, serialised; None: forward the original bytes unchanged."""
     headers: tuple[tuple[str, str], ...]

@@ -19,7 +19,6 @@ import json
 import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from operator import is_
 from typing import Any, Final, NamedTuple
@@ -51,8 +50,7 @@ _WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
                  "deflate": zlib.MAX_WBITS}  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Body:
+class Body(NamedTuple):
     raw: bytes
     """The bytes as received (still compressed when they came compressed)."""
     doc: Any

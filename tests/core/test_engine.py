@@ -196,3 +196,28 @@ def test_decide_many_matches_decide(engine: Engine) -> None:
     surface = SurfaceId("livestream_cart")
     for at in INSTANTS.values():
         assert engine.decide_many(texts, surface, at) == [engine.decide(t, surface, at) for t in texts]
+
+
+def test_memo_is_bounded_and_shared_by_surfaces_and_epochs() -> None:
+    small = build_engine(load_policy(), memo_size=8)
+    live, video = SurfaceId("livestream_cart"), SurfaceId("short_video_cart")
+    before = [small.decide(f"https://item.jd.com/{i}.html", live, INSTANTS["before"])
+              for i in range(8)]
+    assert {d.action for d in before} == {Action.ALLOW}
+    assert sum(map(len, small._tables.values())) == 8
+    # The clock moves on: the past epoch's table is the fullest, so it drains first.
+    after = small.decide_many([f"https://item.jd.com/{i}.html" for i in range(6)], live,
+                              INSTANTS["after"])
+    assert {d.action for d in after} == {Action.BLOCK}
+    sizes = {key[1:]: len(table) for key, table in small._tables.items()}
+    assert sum(sizes.values()) == 8
+    assert sizes == {(True, 0): 3, (True, 1): 5}  # the fullest table gives way, in turn
+    # A second surface takes its share from the fullest table too, never beyond the bound.
+    for i in range(20):
+        small.decide(f"https://item.jd.com/{100 + i}.html", video, INSTANTS["after"])
+    assert sum(map(len, small._tables.values())) == 8
+    # What was forgotten is decided again, the same way.
+    assert small.decide("https://item.jd.com/0.html", live, INSTANTS["before"]).action \
+        is Action.ALLOW
+    assert small.decide("https://item.jd.com/0.html", live, INSTANTS["after"]).action \
+        is Action.BLOCK
