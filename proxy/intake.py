@@ -5,12 +5,19 @@ after undoing ``Content-Encoding`` (a decompression bomb stops at the cap, never
 further); ``InvalidEncoding`` for invalid UTF-8 or an encoding we cannot undo; ``JSONTooDeep``;
 ``MalformedJSON`` for invalid JSON and for objects with duplicate keys — orjson silently keeps the
 last duplicate, while another parser may keep the first, so the proxy and the cart service could
-read different values. Duplicate detection costs one C-level count of ``"`` in the text (a
-regular expression only when the text has escapes), compared with the keys and strings the parsed
-document holds; only on a mismatch does the slow parser run to name the key. Integers beyond 64
-bits are valid JSON that orjson cannot hold exactly: such documents are parsed by the stdlib
-instead, with the same checks. The original bytes are kept: they are what an allowed message
-forwards.
+read different values. Integers beyond 64 bits are valid JSON that orjson cannot hold exactly:
+such documents are parsed by the stdlib instead, with the same checks. The original bytes are
+kept: they are what an allowed message forwards.
+
+The checks cost little for the usual body, compact JSON as browsers, Node.js, Jackson, serde or
+orjson write it: when serialising the parsed document gives back the very bytes received, no key
+was repeated (the repeat would be missing) and no number was rounded (it would read differently),
+and the same document serialised with two-space indentation shows its depth as the deepest
+indentation, found by one substring search. Both serialisations run in C (12 µs for a 100-item
+cart against 34 µs for walking the document). Any other body is walked level by level: object
+keys and strings are counted against one C-level count of ``"`` in the text (a regular
+expression only when the text has escapes), and only on a mismatch does the slow parser run to
+name the repeated key.
 """
 
 from __future__ import annotations
@@ -269,6 +276,23 @@ def _duplicate(key: str) -> MalformedJSON:
                          extensions={"duplicate_key": key})
 
 
+def _canonical_and_shallow(doc: dict[str, Any] | list[Any], data: bytes, max_depth: int) -> bool:
+    """Whether ``data`` is exactly orjson's compact form of ``doc`` (so nothing was repeated or
+    rounded) and ``doc`` is at most ``max_depth`` containers deep.
+
+    Indented two spaces a level, a container at depth ``k`` starts a line indented ``2(k-1)``;
+    when no line is indented ``2 * max_depth`` or more, every container is within the limit. A
+    line that is (a scalar at the limit, or deeper) leaves the decision to the exact walk.
+    """
+    try:
+        if orjson.dumps(doc) != data:
+            return False
+        indented = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    except orjson.JSONEncodeError:  # past orjson's own depth: the walk says how deep
+        return False
+    return b"\n" + b" " * (2 * max_depth) not in indented
+
+
 def parse_json(data: bytes, *, max_depth: int) -> Any:
     """Parse UTF-8 JSON strictly: no invalid UTF-8, no depth past ``max_depth``, no duplicates.
 
@@ -296,6 +320,8 @@ def parse_json(data: bytes, *, max_depth: int) -> Any:
     kind = type(doc)
     if kind is not dict and kind is not list:
         return _parse_exact(data) if kind is float and abs(doc) >= _I64 else doc
+    if _canonical_and_shallow(doc, data, max_depth):
+        return doc
     shape = _shape(doc, max_depth)
     if _duplicates(data, shape):
         try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 
 import orjson
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy import intake
 from proxy.errors import BodyTooLarge, InvalidEncoding, JSONTooDeep, MalformedJSON
 from proxy.intake import decode_content, is_json, parse_json
 
@@ -118,3 +120,63 @@ def test_integers_beyond_64_bits_are_exact(data: bytes, expected: object) -> Non
 def test_the_exact_parser_is_as_strict(data: bytes) -> None:
     with pytest.raises((MalformedJSON, JSONTooDeep)):
         parse_json(data, max_depth=64)
+
+
+# The compact fast path must agree with the exact walk on every document -------------------------
+def _outcome(data: bytes, max_depth: int) -> object:
+    try:
+        return ("ok", parse_json(data, max_depth=max_depth))
+    except (MalformedJSON, JSONTooDeep, InvalidEncoding) as exc:
+        return (type(exc).__name__, exc.extensions)
+
+
+def _walked(data: bytes, max_depth: int, monkeypatch: pytest.MonkeyPatch) -> object:
+    with monkeypatch.context() as patched:
+        patched.setattr(intake, "_canonical_and_shallow", lambda *args: False)
+        return _outcome(data, max_depth)
+
+
+def _nested(depth: int, bottom: bytes, *, keyed: bool) -> bytes:
+    if keyed:
+        return b'{"k":' * depth + bottom + b"}" * depth
+    return b"[" * depth + bottom + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 63, 64, 65, 66, 200, 254, 255, 300])
+@pytest.mark.parametrize("bottom", [b"", b"1", b"[]", b"{}", b'"s"'])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_depth_at_the_limit_matches_the_walk(depth: int, bottom: bytes, keyed: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if keyed and not bottom:
+        bottom = b"null"
+    data = _nested(depth, bottom, keyed=keyed)
+    for limit in (3, 64, 253):
+        assert _outcome(data, limit) == _walked(data, limit, monkeypatch)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":1,"a":1}', b'{"a":{"b":"x","b":"x"}}', b'[{"k":"v"},{"k":"v","k":"v"}]',
+    b'{"n":12345678901234567890123}', b'{"n":18446744073709551616}', b'[1e+19]',
+    b'{"t":"\\u00e9"}', b'{"t":"\xc3\xa9"}', b'{"s":"\\ud800"}',
+])
+def test_compact_bodies_match_the_walk(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _outcome(data, 64) == _walked(data, 64, monkeypatch)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False,
+                                                                      allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=4),
+    max_leaves=40,
+)
+
+
+@given(doc=_JSON, repeat_key=st.booleans(), limit=st.integers(1, 8))
+def test_any_compact_body_matches_the_walk(doc: object, repeat_key: bool, limit: int) -> None:
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    if repeat_key and data.startswith(b"{") and len(data) > 2:
+        data = b'{"dup":0,"dup":1,' + data[1:]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert _outcome(data, limit) == _walked(data, limit, monkeypatch)
