@@ -18,9 +18,10 @@ What it does, and how:
 - A response body is handed over as it arrives. Above ``HIGH_WATER`` buffered bytes the
   connection stops reading from the socket until the consumer catches up, so a large download
   is never held in memory.
-- Timeouts: ``read`` is the longest silence allowed while waiting for the upstream (one timer
-  per exchange, pushed back by each arriving chunk); ``total``, when given, bounds the exchange
-  until its body is read. Both raise ``TimeoutError``.
+- Timeouts: ``read`` is the longest silence allowed while waiting for the upstream; ``total``,
+  when given, bounds the exchange until its body is read. Both raise ``TimeoutError``. One timer
+  per connection checks them, fires at most about once per read timeout and stays armed across
+  exchanges (arriving chunks only move a timestamp), so an exchange schedules no timer of its own.
 - A connection is reused only when the previous exchange ended cleanly: the whole response read,
   the whole request sent, keep-alive allowed by both sides (``Connection: close``, HTTP/1.0).
   Responses to HEAD and bodies delimited by the connection's end close it (llhttp cannot be told
@@ -162,6 +163,7 @@ class Connection(asyncio.Protocol):
         """Whether the upstream sent anything during the current exchange."""
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
         self._deadline: float | None = None
         self._read_timeout = 0.0
         self._last_activity = 0.0
@@ -310,9 +312,18 @@ class Connection(asyncio.Protocol):
         self._read_timeout = read_timeout
         self._deadline = deadline
         now = self._last_activity = self._loop.time()
-        due = now + read_timeout
-        self._timer = self._loop.call_at(due if deadline is None else min(due, deadline),
-                                         self._check_time)
+        self._arm(now + read_timeout if deadline is None else min(now + read_timeout, deadline))
+
+    def _arm(self, due: float) -> None:
+        """Have ``_check_time`` run by ``due``. A timer already due sooner is kept: it fires
+        early, looks again and re-arms, so a busy connection schedules one timer per read
+        timeout, not one per exchange."""
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(due, self._check_time)
+        self._timer_due = due
 
     async def _send_stream(self, stream: StreamReader, length: int | None) -> None:
         transport = self._transport
@@ -346,8 +357,8 @@ class Connection(asyncio.Protocol):
 
     def _check_time(self) -> None:
         self._timer = None
-        if self._complete or self._error is not None:
-            return
+        if self._head is None or self._complete or self._error is not None:
+            return  # nothing waits on the upstream now; the next exchange arms a timer
         now = self._loop.time()
         deadline = self._deadline
         if deadline is not None and now >= deadline:
@@ -361,8 +372,7 @@ class Connection(asyncio.Protocol):
             self._fail(TimeoutError("the cart service went silent"))
             return
         due = self._last_activity + self._read_timeout
-        self._timer = self._loop.call_at(due if deadline is None else min(due, deadline),
-                                         self._check_time)
+        self._arm(due if deadline is None else min(due, deadline))
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None and not self._complete:
@@ -405,10 +415,8 @@ class Connection(asyncio.Protocol):
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def finish(self) -> None:
-        """End the exchange: back to the pool when it ended cleanly, else closed."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """End the exchange: back to the pool when it ended cleanly, else closed. The timer
+        stays armed: the next exchange reuses it, and if none comes it finds nothing to do."""
         self._head = None
         sender = self._sender
         sent = sender is None or (sender.done() and not sender.cancelled())

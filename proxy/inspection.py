@@ -180,8 +180,10 @@ class Inspector:
         verdicts = list(chain.from_iterable(map(_VERDICTS, decisions)))
         short = self._short_links(verdicts) if self.resolver is not None and verdicts else None
         if not short and set(map(_ACTION, verdicts)) <= _ALLOW_ONLY:
-            # The common case: nothing to act on, so no paths, no flags, no audit.
-            pending = tuple(dict.fromkeys(chain.from_iterable(map(_PENDING, decisions))))
+            # The common case: nothing to act on, so no paths, no flags, no audit; and once
+            # every rule is in force (the usual state), nothing can be pending either.
+            pending = tuple(dict.fromkeys(chain.from_iterable(map(_PENDING, decisions)))) \
+                if self.engine.rulebook.pending_at(at) else ()
             plan = ActionPlan(route, seller, Action.ALLOW, (), (), pending)
             self._record(plan, _allowed(verdicts), request_id, started)
             return plan

@@ -512,3 +512,32 @@ async def test_idle_connection_that_talks_is_dropped() -> None:
         await asyncio.sleep(0.2)
         assert pool.idle_connections == pool.open_connections == 0
         await pool.close()
+
+
+async def test_one_timer_serves_many_exchanges(recording: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    server, _ = recording
+    pool = make_pool(server.port)
+    armed: list[float] = []
+    call_at = pool.loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__self__", None).__class__.__name__ == "Connection":
+            armed.append(when)  # the upstream server in this loop arms its own timers
+        return call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(pool.loop, "call_at", counting)
+    try:
+        for _ in range(5):
+            response, _ = await exchange(pool, read_timeout=30)
+            await response.read()
+            response.release()
+        assert len(armed) == 1
+        # A sooner deadline than the armed timer's re-arms it, so the deadline still holds.
+        loop = asyncio.get_running_loop()
+        response, _ = await exchange(pool, read_timeout=30, deadline=loop.time() + 1)
+        await response.read()
+        response.release()
+        assert len(armed) == 2
+    finally:
+        await pool.close()

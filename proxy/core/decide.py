@@ -78,6 +78,10 @@ class RuleBook:
         self._last_epoch = (at, epoch)
         return epoch
 
+    def pending_at(self, at: datetime) -> bool:
+        """Whether some rule has yet to start at ``at`` (so a decision may report it pending)."""
+        return self.epoch(at) < len(self.boundaries)
+
     def instant_in(self, epoch: int) -> datetime:
         """An instant inside ``epoch`` (its start, or just before the first boundary)."""
         return self._instants[epoch]

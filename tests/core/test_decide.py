@@ -143,6 +143,13 @@ def test_epochs(book: RuleBook) -> None:
     assert book.instant_in(0) < CUTOFF <= book.instant_in(1)
 
 
+@pytest.mark.parametrize(("at", "pending"), [(BEFORE, True), (CUTOFF, False), (AFTER, False)])
+def test_pending_at_matches_decisions(book: RuleBook, at: datetime, pending: bool) -> None:
+    assert book.pending_at(at) is pending
+    decision = decide([link_to("taobao")], SurfaceId("livestream_cart"), at, book)
+    assert bool(decision.pending) is pending
+
+
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.timezones()
 )
