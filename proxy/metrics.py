@@ -21,18 +21,29 @@ then combine) and needs no shared ``PROMETHEUS_MULTIPROC_DIR``, which a read-onl
 and multiprocess mode's lack of ``Info`` support would both fight. On Kubernetes run one worker
 per pod and scale with replicas. ``make_metrics_app`` knows nothing of workers: it serves whatever
 registry it is given.
+
+The five metrics updated on every request (request count and duration, upstream duration,
+inspection duration, links) are ``_LoopCounter``/``_LoopHistogram``: collectors of plain numbers
+that prometheus_client renders as usual. Its own metric classes take a lock per update (a
+histogram two, plus a bucket loop in Python: 0.66 µs against 0.12 µs, measured); a worker updates
+and scrapes its registry on one event loop thread, so there is nothing for a lock to guard.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Final, TypeVar
+from itertools import accumulate
+from typing import Final, Generic, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from proxy.core.model import Action, Direction, LinkKind, Mode
 from proxy.errors import ClientFacingError, InputError
@@ -136,6 +147,103 @@ class _Children(dict[_K, _V]):
         return child
 
 
+class _CounterChild:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class _HistogramChild:
+    __slots__ = ("_bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        """Observations per bucket, not cumulative; the last is above every bound."""
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = less or equal).
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+
+_C = TypeVar("_C", _CounterChild, _HistogramChild)
+
+
+class _LoopMetric(Generic[_C]):
+    """A labelled metric updated and collected on one event loop thread (see the module
+    docstring); children by label values, which the caller has already bounded."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, doc: str,
+                 labelnames: Sequence[str]) -> None:
+        self.name, self.doc, self.labelnames = name, doc, list(labelnames)
+        self.children: dict[tuple[str, ...], _C] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _C:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self._child()
+        return child
+
+    def _child(self) -> _C:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class _LoopCounter(_LoopMetric[_CounterChild]):
+    def _child(self) -> _CounterChild:
+        return _CounterChild()
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self.children.items()):
+            family.add_metric(values, child.value, created=child.created)
+        yield family
+
+
+class _LoopHistogram(_LoopMetric[_HistogramChild]):
+    def __init__(self, registry: CollectorRegistry, name: str, doc: str,
+                 labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        self._les: list[str] = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._les.append("+Inf")
+        super().__init__(registry, name, doc, labelnames)
+
+    def _child(self) -> _HistogramChild:
+        return _HistogramChild(self.bounds)
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self.children.items()):
+            family.add_metric(values, list(zip(self._les, accumulate(child.counts), strict=True)),
+                              child.sum)
+            family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values,
+                                                               strict=True)), child.created)
+        yield family
+
+
 class _InFlight(AbstractContextManager[None]):
     """Counts requests in a plain integer that the gauge reads when scraped: two locked
     increments per request cost more than the rest of the request's metrics (py-spy)."""
@@ -189,28 +297,34 @@ class ProxyMetrics:
                 f"{PREFIX}_{name}", doc, labels, registry=registry, buckets=LATENCY_BUCKETS
             )
 
-        self._requests = counter(
+        def hot_counter(name: str, doc: str, labels: tuple[str, ...]) -> _LoopCounter:
+            return _LoopCounter(registry, f"{PREFIX}_{name}", doc, labels)
+
+        def hot_histogram(name: str, doc: str, labels: tuple[str, ...]) -> _LoopHistogram:
+            return _LoopHistogram(registry, f"{PREFIX}_{name}", doc, labels, LATENCY_BUCKETS)
+
+        self._requests = hot_counter(
             "requests_total",
             "Requests answered by the proxy.",
             ("route", "surface", "method", "status_class"),
         )
-        self._request_seconds = histogram(
+        self._request_seconds = hot_histogram(
             "request_duration_seconds",
             "Whole request time in the proxy, upstream call included.",
             ("route",),
         )
-        self._upstream_seconds = histogram(
+        self._upstream_seconds = hot_histogram(
             "upstream_duration_seconds",
             "Time of the call to the cart service, by outcome.",
             ("route", "outcome"),
         )
-        self._inspection_seconds = histogram(
+        self._inspection_seconds = hot_histogram(
             "inspection_duration_seconds",
             "Time spent finding, classifying and deciding on the links of one message.",
             ("surface", "direction"),
         )
         self._in_flight = gauge("in_flight_requests", "Requests being handled right now.")
-        self._links = counter(
+        self._links = hot_counter(
             "links_total",
             "Links inspected, by the action decided (mode=shadow: what enforce would have done).",
             ("surface", "platform", "kind", "action", "mode"),
@@ -248,15 +362,16 @@ class ProxyMetrics:
         self._kill_switch = gauge("kill_switch", "1 while the kill switch turns every rule off.")
         self._policy = Info(f"{PREFIX}_policy", "The loaded policy.", registry=registry)
         self._flag_changes = counter("flag_changes_total", "Rollout flag changes seen.")
-        self._request_children: _Children[tuple[str, str, str, int], tuple[Counter, Histogram]] = (
-            _Children(self._request_labels))
-        self._upstream_children: _Children[tuple[str, str], Histogram] = _Children(
+        self._request_children: _Children[
+            tuple[str, str, str, int], tuple[_CounterChild, _HistogramChild]
+        ] = _Children(self._request_labels)
+        self._upstream_children: _Children[tuple[str, str], _HistogramChild] = _Children(
             lambda route, outcome: self._upstream_seconds.labels(
                 _identifier(route, self._routes), _closed(outcome, UPSTREAM_OUTCOMES)))
-        self._inspection_children: _Children[tuple[str, str], Histogram] = _Children(
+        self._inspection_children: _Children[tuple[str, str], _HistogramChild] = _Children(
             lambda surface, direction: self._inspection_seconds.labels(
                 _identifier(surface, self._surfaces), _closed(direction, DIRECTIONS)))
-        self._link_children: _Children[tuple[str, str, str, str, str], Counter] = _Children(
+        self._link_children: _Children[tuple[str, str, str, str, str], _CounterChild] = _Children(
             lambda surface, platform, kind, action, mode: self._links.labels(
                 _identifier(surface, self._surfaces), _identifier(platform, self._platforms),
                 _closed(kind, KINDS), _closed(action, ACTIONS), _closed(mode, MODES)))
@@ -273,7 +388,7 @@ class ProxyMetrics:
 
     def _request_labels(
         self, route: str, surface: str, method: str, status: int
-    ) -> tuple[Counter, Histogram]:
+    ) -> tuple[_CounterChild, _HistogramChild]:
         route_label = _identifier(route, self._routes)
         return (
             self._requests.labels(route_label, _identifier(surface, self._surfaces),

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
+from hypothesis import example, given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pytest_aiohttp import AiohttpClient
 
-from proxy.metrics import ProxyMetrics, make_metrics_app
+from proxy.metrics import (
+    LATENCY_BUCKETS,
+    ProxyMetrics,
+    _LoopCounter,
+    _LoopHistogram,
+    make_metrics_app,
+)
 
 P = "cart_link_proxy"
 
@@ -308,3 +316,26 @@ def test_label_child_caches_are_bounded(metrics: ProxyMetrics,
     assert len(metrics._request_children) <= 4096
     assert value(registry, "requests_total", route="passthrough", surface="none",
                  method="OTHER", status_class="4xx") == 5000
+
+
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), max_size=30))
+@example([*LATENCY_BUCKETS, 0.0, 20.0])  # a value on a bound belongs to that bound's bucket
+def test_loop_metrics_export_as_prometheus_client_would(observations: list[float]) -> None:
+    """The lock-free hot metrics render the same samples as prometheus_client's own classes
+    (``_created`` timestamps aside)."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    histogram = _LoopHistogram(ours, "h_seconds", "doc", ("a",), LATENCY_BUCKETS)
+    counter = _LoopCounter(ours, "c_total", "doc", ("a",))
+    reference = Histogram("h_seconds", "doc", ("a",), registry=theirs, buckets=LATENCY_BUCKETS)
+    reference_counter = Counter("c_total", "doc", ("a",), registry=theirs)
+    for seconds in observations:
+        histogram.labels("x").observe(seconds)
+        counter.labels("x").inc(2)
+        reference.labels("x").observe(seconds)
+        reference_counter.labels("x").inc(2)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        return sorted(line for line in generate_latest(registry).decode().splitlines()
+                      if "_created" not in line)
+
+    assert samples(ours) == samples(theirs)
