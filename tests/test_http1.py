@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -59,11 +59,11 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head
 
 
-async def exchange(pool: Pool, method: str = "GET", body: Any = None, *,
+async def exchange(pool: Pool, method: str = "GET", body: Any = None, *, path: str = "/x",
                    read_timeout: float = 5.0, deadline: float | None = None,
                    length: int | None = None) -> tuple[Response, bool]:
     connection, reused = await pool.acquire(5.0)
-    head = request_head(method, "/x", f"127.0.0.1:{pool.port}", [("X-A", "1")],
+    head = request_head(method, path, f"127.0.0.1:{pool.port}", [("X-A", "1")],
                         framing(method, body, length))
     try:
         response = await connection.exchange(head, body, stream_length=length,
@@ -103,8 +103,21 @@ async def recording(aiohttp_server: Any) -> tuple[Any, list[dict[str, Any]]]:
     return await aiohttp_server(app), seen
 
 
-def make_pool(port: int, **options: Any) -> Pool:
-    return Pool("127.0.0.1", port, **options)
+PoolFactory = Callable[..., Pool]
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[PoolFactory]:
+    """``make_pool(port, **options)``: a pool to 127.0.0.1:port, closed after the test."""
+    pools: list[Pool] = []
+
+    def make(port: int, **options: Any) -> Pool:
+        pools.append(Pool("127.0.0.1", port, **options))
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        await pool.close()
 
 
 # --- the request head ---------------------------------------------------------------------
@@ -146,116 +159,89 @@ def test_request_head_bytes_survive_surrogate_escapes() -> None:
 
 
 # --- keep-alive -------------------------------------------------------------------------------
-async def test_keep_alive_reuses_one_connection(recording: Any) -> None:
+async def test_keep_alive_reuses_one_connection(recording: Any, make_pool: PoolFactory) -> None:
     server, seen = recording
     pool = make_pool(server.port)
-    try:
-        for i in range(3):
-            response, reused = await exchange(pool, "POST", b'{"n":%d}' % i)
-            assert response.status == 200
-            assert await response.read() == b"ok:" + hashlib.sha256(
-                b'{"n":%d}' % i).hexdigest().encode()
-            response.release()
-            assert reused is (i > 0)
-        assert len({s["peer"] for s in seen}) == 1
-        assert pool.open_connections == pool.idle_connections == 1
-        assert seen[0]["headers"]["Content-Length"] == "7"
-        assert seen[0]["headers"]["Host"] == f"127.0.0.1:{server.port}"
-    finally:
-        await pool.close()
+    for i in range(3):
+        response, reused = await exchange(pool, "POST", b'{"n":%d}' % i)
+        assert response.status == 200
+        assert await response.read() == b"ok:" + hashlib.sha256(
+            b'{"n":%d}' % i).hexdigest().encode()
+        response.release()
+        assert reused is (i > 0)
+    assert len({s["peer"] for s in seen}) == 1
+    assert pool.open_connections == pool.idle_connections == 1
+    assert seen[0]["headers"]["Content-Length"] == "7"
+    assert seen[0]["headers"]["Host"] == f"127.0.0.1:{server.port}"
 
 
-async def test_connection_close_is_not_reused(recording: Any) -> None:
+async def test_connection_close_is_not_reused(recording: Any, make_pool: PoolFactory) -> None:
     server, seen = recording
     pool = make_pool(server.port)
-    try:
-        connection, _ = await pool.acquire(5.0)
-        head = request_head("GET", "/close", "up", [], "")
-        response = await connection.exchange(head, None, stream_length=None, head_request=False,
-                                             read_timeout=5, deadline=None)
-        assert await response.read() == b"bye"
-        response.release()
-        assert pool.idle_connections == 0
-        response, reused = await exchange(pool)
-        response.release()
-        assert not reused
-        assert len({s["peer"] for s in seen}) == 2
-    finally:
-        await pool.close()
+    response, _ = await exchange(pool, path="/close")
+    assert await response.read() == b"bye"
+    response.release()
+    assert pool.idle_connections == 0
+    response, reused = await exchange(pool)
+    response.release()
+    assert not reused
+    assert len({s["peer"] for s in seen}) == 2
 
 
-async def test_unread_body_closes_the_connection(recording: Any) -> None:
+async def test_unread_body_closes_the_connection(recording: Any, make_pool: PoolFactory) -> None:
     server, _ = recording
     pool = make_pool(server.port)
-    try:
-        connection, _ = await pool.acquire(5.0)
-        head = request_head("GET", "/chunked", "up", [], "")
-        response = await connection.exchange(head, None, stream_length=None,
-                                             head_request=False, read_timeout=5, deadline=None)
-        response.release()  # before reading: the rest of the body would poison the next answer
-        assert pool.idle_connections == 0
-        with pytest.raises(RuntimeError, match="released"):
-            await response.read()
-    finally:
-        await pool.close()
+    response, _ = await exchange(pool, path="/chunked")
+    response.release()  # before reading: the rest of the body would poison the next answer
+    assert pool.idle_connections == 0
+    with pytest.raises(RuntimeError, match="released"):
+        await response.read()
 
 
-async def test_idle_connections_expire(recording: Any) -> None:
+async def test_idle_connections_expire(recording: Any, make_pool: PoolFactory) -> None:
     server, seen = recording
     pool = make_pool(server.port, keepalive=0.05)
-    try:
-        response, _ = await exchange(pool)
-        await response.read()
-        response.release()
-        await asyncio.sleep(0.1)
-        response, reused = await exchange(pool)
-        await response.read()
-        response.release()
-        assert not reused
-        assert len({s["peer"] for s in seen}) == 2
-    finally:
-        await pool.close()
+    response, _ = await exchange(pool)
+    await response.read()
+    response.release()
+    await asyncio.sleep(0.1)
+    response, reused = await exchange(pool)
+    await response.read()
+    response.release()
+    assert not reused
+    assert len({s["peer"] for s in seen}) == 2
 
 
-async def test_pool_limit_waits_for_a_free_connection(recording: Any) -> None:
+async def test_pool_limit_waits_for_a_free_connection(recording: Any, make_pool: PoolFactory) -> None:
     server, _ = recording
     pool = make_pool(server.port, limit=1)
-    try:
-        first, _ = await exchange(pool)
-        second = asyncio.ensure_future(exchange(pool))
-        await asyncio.sleep(0.05)
-        assert not second.done()  # the only connection is busy
-        await first.read()
-        first.release()
-        response, reused = await second
-        assert reused
-        assert await response.read()
-        response.release()
-        busy, _ = await exchange(pool)
-        with pytest.raises(TimeoutError):
-            await pool.acquire(0.05)
-        await busy.read()
-        busy.release()
-        assert pool.open_connections == pool.idle_connections == 1
-    finally:
-        await pool.close()
+    first, _ = await exchange(pool)
+    second = asyncio.ensure_future(exchange(pool))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # the only connection is busy
+    await first.read()
+    first.release()
+    response, reused = await second
+    assert reused
+    assert await response.read()
+    response.release()
+    busy, _ = await exchange(pool)
+    with pytest.raises(TimeoutError):
+        await pool.acquire(0.05)
+    await busy.read()
+    busy.release()
+    assert pool.open_connections == pool.idle_connections == 1
 
 
 # --- response framing ---------------------------------------------------------------------------
-async def test_chunked_response(recording: Any) -> None:
+async def test_chunked_response(recording: Any, make_pool: PoolFactory) -> None:
     server, _ = recording
     pool = make_pool(server.port)
-    try:
-        connection, _ = await pool.acquire(5.0)
-        response = await connection.exchange(request_head("GET", "/chunked", "up", [], ""), None,
-                                             stream_length=None, head_request=False,
-                                             read_timeout=5, deadline=None)
-        assert response.content_length is None
-        assert await response.read() == b"a" * 10 + b"b" * 20 + b"c"
-        response.release()
-        assert pool.idle_connections == 1
-    finally:
-        await pool.close()
+    response, _ = await exchange(pool, path="/chunked")
+    assert response.content_length is None
+    assert await response.read() == b"a" * 10 + b"b" * 20 + b"c"
+    response.release()
+    assert pool.idle_connections == 1
 
 
 async def _http10(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -287,47 +273,29 @@ async def _not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     await writer.drain()
 
 
-async def test_body_until_the_connection_ends() -> None:
-    async with Scripted(_http10) as server:
+@pytest.mark.parametrize(("script", "method", "status", "body", "kept"), [
+    (_http10, "GET", 200, b"until the end", False),  # delimited by the end of the connection
+    (_head_with_length, "HEAD", 200, b"", False),  # llhttp would wait for the 1000 bytes
+    (_early_hints, "GET", 201, b"ok", True),  # the 103 is skipped, its Link field with it
+], ids=["until-eof", "head", "early-hints"])
+async def test_response_framing(script: Script, method: str, status: int, body: bytes,
+                                kept: bool, make_pool: PoolFactory) -> None:
+    async with Scripted(script) as server:
         pool = make_pool(server.port)
-        response, _ = await exchange(pool)
-        assert await response.read() == b"until the end"
-        response.release()
-        assert pool.open_connections == 0
-        await pool.close()
-
-
-async def test_head_response_carries_no_body() -> None:
-    async with Scripted(_head_with_length) as server:
-        pool = make_pool(server.port)
-        response, _ = await exchange(pool, "HEAD")
-        assert response.content_length == 1000
-        assert await asyncio.wait_for(response.read(), 0.5) == b""
-        response.release()
-        assert pool.open_connections == 0  # closed: llhttp would wait for the 1000 bytes
-        await pool.close()
-
-
-async def test_informational_answers_are_skipped() -> None:
-    async with Scripted(_early_hints) as server:
-        pool = make_pool(server.port)
-        response, _ = await exchange(pool)
-        assert (response.status, response.reason) == (201, "Created")
+        response, _ = await exchange(pool, method)
+        assert response.status == status
         assert "Link" not in response.headers
-        assert response.headers["X-B"] == "2"
-        assert await response.read() == b"ok"
+        assert await asyncio.wait_for(response.read(), 0.5) == body
         response.release()
-        assert pool.idle_connections == 1
-        await pool.close()
+        assert pool.idle_connections == pool.open_connections == int(kept)
 
 
-async def test_not_http_is_a_bad_response() -> None:
+async def test_not_http_is_a_bad_response(make_pool: PoolFactory) -> None:
     async with Scripted(_not_http) as server:
         pool = make_pool(server.port)
         with pytest.raises(BadResponse, match=r"not valid HTTP/1\.1"):
             await exchange(pool)
         assert pool.open_connections == 0
-        await pool.close()
 
 
 # --- timeouts -----------------------------------------------------------------------------------
@@ -346,7 +314,7 @@ async def _dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             await writer.drain()
 
 
-async def test_read_timeout_is_the_longest_silence() -> None:
+async def test_read_timeout_is_the_longest_silence(make_pool: PoolFactory) -> None:
     async with Scripted(_silent) as server:
         pool = make_pool(server.port)
         loop = asyncio.get_running_loop()
@@ -354,10 +322,9 @@ async def test_read_timeout_is_the_longest_silence() -> None:
         with pytest.raises(TimeoutError):
             await exchange(pool, read_timeout=0.1)
         assert 0.09 <= loop.time() - started < 1.0
-        await pool.close()
 
 
-async def test_dripping_body_keeps_the_read_timeout_but_not_the_deadline() -> None:
+async def test_dripping_body_keeps_the_read_timeout_but_not_the_deadline(make_pool: PoolFactory) -> None:
     async with Scripted(_dripping) as server:
         pool = make_pool(server.port)
         response, _ = await exchange(pool, read_timeout=0.3)  # every byte within 0.3 s
@@ -368,11 +335,10 @@ async def test_dripping_body_keeps_the_read_timeout_but_not_the_deadline() -> No
         with pytest.raises(TimeoutError):
             await response.read()
         response.release()
-        await pool.close()
 
 
 # --- flow control -------------------------------------------------------------------------------
-async def test_large_response_is_not_buffered(aiohttp_server: Any) -> None:
+async def test_large_response_is_not_buffered(aiohttp_server: Any, make_pool: PoolFactory) -> None:
     size = 16 * 1024 * 1024
     block = bytes(range(256)) * 256
 
@@ -402,7 +368,6 @@ async def test_large_response_is_not_buffered(aiohttp_server: Any) -> None:
     assert peak <= HIGH_WATER + 2 * 65536
     assert digest.digest() == hashlib.sha256(block * (size // len(block))).digest()
     response.release()
-    await pool.close()
 
 
 def _stream(chunks: list[bytes]) -> StreamReader:
@@ -415,44 +380,42 @@ def _stream(chunks: list[bytes]) -> StreamReader:
 
 
 @pytest.mark.parametrize("declared", [True, False])
-async def test_streamed_request_body(recording: Any, declared: bool) -> None:
+async def test_streamed_request_body(recording: Any, declared: bool, make_pool: PoolFactory) -> None:
     server, seen = recording
     chunks = [b"x" * 70000, b"y" * 5, b"z" * 300000]
     body = b"".join(chunks)
     pool = make_pool(server.port)
-    try:
-        response, _ = await exchange(pool, "POST", _stream(chunks),
-                                     length=len(body) if declared else None)
-        assert await response.read() == b"ok:" + hashlib.sha256(body).hexdigest().encode()
-        response.release()
-        assert seen[0]["body"] == body
-        headers = seen[0]["headers"]
-        if declared:
-            assert headers["Content-Length"] == str(len(body))
-        else:
-            assert headers["Transfer-Encoding"] == "chunked"
-        assert pool.idle_connections == 1
-    finally:
-        await pool.close()
+    response, _ = await exchange(pool, "POST", _stream(chunks),
+                                 length=len(body) if declared else None)
+    assert await response.read() == b"ok:" + hashlib.sha256(body).hexdigest().encode()
+    response.release()
+    assert seen[0]["body"] == body
+    headers = seen[0]["headers"]
+    if declared:
+        assert headers["Content-Length"] == str(len(body))
+    else:
+        assert headers["Transfer-Encoding"] == "chunked"
+    assert pool.idle_connections == 1
 
 
-async def test_short_streamed_body_is_not_sent_as_complete(recording: Any) -> None:
+async def test_short_streamed_body_is_not_sent_as_complete(recording: Any, make_pool: PoolFactory) -> None:
     server, _ = recording
     pool = make_pool(server.port)
-    try:
-        with pytest.raises(ConnectionResetError, match="ended after 3 of its 10 bytes"):
-            await exchange(pool, "POST", _stream([b"abc"]), length=10, read_timeout=1)
-        assert pool.open_connections == 0
-    finally:
-        await pool.close()
+    with pytest.raises(ConnectionResetError, match="ended after 3 of its 10 bytes"):
+        await exchange(pool, "POST", _stream([b"abc"]), length=10, read_timeout=1)
+    assert pool.open_connections == 0
 
 
 # --- stale connections and cancellation -------------------------------------------------------
-async def _closes_on_second_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                    n: int) -> None:
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     await writer.drain()
+
+
+async def _closes_on_second_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                    n: int) -> None:
+    await _answer_ok(reader, writer)
     await read_request(reader)  # the upstream timed the connection out as this came in
 
 
@@ -462,7 +425,7 @@ async def _closes_on_second_request(reader: asyncio.StreamReader, writer: asynci
     ("POST", b"{}", False),
 ])
 async def test_stale_connection_is_retried_only_when_safe(method: str, body: bytes | None,
-                                                          retried: bool) -> None:
+                                                          retried: bool, make_pool: PoolFactory) -> None:
     async with Scripted(_closes_on_second_request) as server:
         pool = make_pool(server.port)
         response, _ = await exchange(pool)
@@ -475,10 +438,9 @@ async def test_stale_connection_is_retried_only_when_safe(method: str, body: byt
             await connection.exchange(head, body, stream_length=None, head_request=False,
                                       read_timeout=5, deadline=None)
         assert may_retry(method, body, reused, connection) is retried
-        await pool.close()
 
 
-async def test_cancelled_exchange_closes_the_connection() -> None:
+async def test_cancelled_exchange_closes_the_connection(make_pool: PoolFactory) -> None:
     async with Scripted(_silent) as server:
         pool = make_pool(server.port)
         task = asyncio.ensure_future(exchange(pool))
@@ -488,21 +450,18 @@ async def test_cancelled_exchange_closes_the_connection() -> None:
             await task
         await asyncio.sleep(0)
         assert pool.open_connections == 0
-        await pool.close()
 
 
 async def _talks_out_of_turn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                              n: int) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    await writer.drain()
+    await _answer_ok(reader, writer)
     await asyncio.sleep(0.05)
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     await writer.drain()
     await asyncio.sleep(1)
 
 
-async def test_idle_connection_that_talks_is_dropped() -> None:
+async def test_idle_connection_that_talks_is_dropped(make_pool: PoolFactory) -> None:
     async with Scripted(_talks_out_of_turn) as server:
         pool = make_pool(server.port)
         response, _ = await exchange(pool)
@@ -511,11 +470,10 @@ async def test_idle_connection_that_talks_is_dropped() -> None:
         assert pool.idle_connections == 1
         await asyncio.sleep(0.2)
         assert pool.idle_connections == pool.open_connections == 0
-        await pool.close()
 
 
-async def test_one_timer_serves_many_exchanges(recording: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_one_timer_serves_many_exchanges(recording: Any, monkeypatch: pytest.MonkeyPatch,
+                                               make_pool: PoolFactory) -> None:
     server, _ = recording
     pool = make_pool(server.port)
     armed: list[float] = []
@@ -527,17 +485,14 @@ async def test_one_timer_serves_many_exchanges(recording: Any,
         return call_at(when, callback, *args, **kw)
 
     monkeypatch.setattr(pool.loop, "call_at", counting)
-    try:
-        for _ in range(5):
-            response, _ = await exchange(pool, read_timeout=30)
-            await response.read()
-            response.release()
-        assert len(armed) == 1
-        # A sooner deadline than the armed timer's re-arms it, so the deadline still holds.
-        loop = asyncio.get_running_loop()
-        response, _ = await exchange(pool, read_timeout=30, deadline=loop.time() + 1)
+    for _ in range(5):
+        response, _ = await exchange(pool, read_timeout=30)
         await response.read()
         response.release()
-        assert len(armed) == 2
-    finally:
-        await pool.close()
+    assert len(armed) == 1
+    # A sooner deadline than the armed timer's re-arms it, so the deadline still holds.
+    loop = asyncio.get_running_loop()
+    response, _ = await exchange(pool, read_timeout=30, deadline=loop.time() + 1)
+    await response.read()
+    response.release()
+    assert len(armed) == 2
