@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 
@@ -111,8 +113,8 @@ async def make_pool() -> AsyncIterator[PoolFactory]:
     """``make_pool(port, **options)``: a pool to 127.0.0.1:port, closed after the test."""
     pools: list[Pool] = []
 
-    def make(port: int, **options: Any) -> Pool:
-        pools.append(Pool("127.0.0.1", port, **options))
+    def make(port: int, host: str = "127.0.0.1", **options: Any) -> Pool:
+        pools.append(Pool(host, port, **options))
         return pools[-1]
 
     yield make
@@ -496,3 +498,30 @@ async def test_one_timer_serves_many_exchanges(recording: Any, monkeypatch: pyte
     await response.read()
     response.release()
     assert len(armed) == 2
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+async def test_https_upstream(aiohttp_server: Any, make_pool: PoolFactory) -> None:
+    authority = trustme.CA()
+    served = authority.issue_cert("localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.configure_cert(server_context)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=b"over tls")
+
+    app = web.Application()
+    app.router.add_get("/x", hello)
+    server = await aiohttp_server(app, ssl=server_context)
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    pool = make_pool(server.port, "localhost", tls=trusting)
+    response, _ = await exchange(pool)
+    assert await response.read() == b"over tls"
+    response.release()
+    assert pool.idle_connections == 1
+    # The default context trusts the system's authorities only: a certificate from elsewhere
+    # is refused before any request goes out.
+    untrusting = make_pool(server.port, "localhost", tls=ssl.create_default_context())
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await exchange(untrusting)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from yarl import URL
 
@@ -144,3 +146,21 @@ async def test_stale_keep_alive_connection_is_retried_for_idempotent_methods() -
     finally:
         await upstream.close()
         server.close()
+
+
+async def test_untrusted_https_upstream_is_502(aiohttp_server: Any) -> None:
+    served = trustme.CA().issue_cert("localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.configure_cert(context)
+    async def never_reached(request: web.Request) -> web.Response:
+        raise AssertionError("the handshake must fail first")
+
+    app = web.Application()
+    app.router.add_get("/", never_reached)
+    server = await aiohttp_server(app, ssl=context)
+    upstream = await _started(URL(f"https://localhost:{server.port}"))
+    try:
+        with pytest.raises(UpstreamUnavailable, match="SSLCertVerificationError"):
+            await upstream.send("GET", "/", [], None, route="r", streaming=False)
+    finally:
+        await upstream.close()
