@@ -52,6 +52,7 @@ from proxy.errors import BadResponse
 __all__ = [
     "HIGH_WATER",
     "LOW_WATER",
+    "MAX_HEAD",
     "Connection",
     "Pool",
     "Response",
@@ -64,6 +65,9 @@ HIGH_WATER: Final = 256 * 1024
 """Buffered response bytes at which a connection stops reading from its socket."""
 LOW_WATER: Final = 64 * 1024
 """...and at which it reads again."""
+MAX_HEAD: Final = 64 * 1024
+"""Bytes a response may take before its head is complete (status line, fields, 1xx answers):
+aiohttp's client allowed 8 KiB per line; a head this large is a broken or hostile upstream."""
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _MAY_HAVE_BODY: Final = frozenset({"POST", "PUT", "PATCH"})
 _NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -161,6 +165,7 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self.answered = False
         """Whether the upstream sent anything during the current exchange."""
+        self._head_size = 0
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
@@ -189,6 +194,12 @@ class Connection(asyncio.Protocol):
             self._fail(BadResponse("the cart service switched protocols (Upgrade)"))
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"the cart service's response is not valid HTTP/1.1: {exc}"))
+        else:
+            if self._response is None:  # llhttp buffers a head without bound: this bounds it
+                self._head_size += len(data)
+                if self._head_size > MAX_HEAD:
+                    self._fail(BadResponse(f"the cart service's response head exceeds "
+                                           f"{MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost ends the exchange
@@ -308,6 +319,7 @@ class Connection(asyncio.Protocol):
         self._informational = False
         self._error = None
         self.answered = False
+        self._head_size = 0
         self._sender = None
         self._read_timeout = read_timeout
         self._deadline = deadline

@@ -15,7 +15,7 @@ from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 
 from proxy.errors import BadResponse
-from proxy.http1 import HIGH_WATER, Pool, Response, framing, may_retry, request_head
+from proxy.http1 import HIGH_WATER, MAX_HEAD, Pool, Response, framing, may_retry, request_head
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 _ONE_READ = 256 * 1024
@@ -292,6 +292,24 @@ async def test_response_framing(script: Script, method: str, status: int, body: 
         assert await asyncio.wait_for(response.read(), 0.5) == body
         response.release()
         assert pool.idle_connections == pool.open_connections == int(kept)
+
+
+async def _endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        n: int) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+    for _ in range(64):  # 64 x 4 KiB of one header value, never ended
+        writer.write(b"v" * 4096)
+        await writer.drain()
+    await asyncio.sleep(1)
+
+
+async def test_endless_response_head_is_refused(make_pool: PoolFactory) -> None:
+    async with Scripted(_endless_head) as server:
+        pool = make_pool(server.port)
+        with pytest.raises(BadResponse, match=f"head exceeds {MAX_HEAD} bytes"):
+            await exchange(pool)
+        assert pool.open_connections == 0
 
 
 async def test_not_http_is_a_bad_response(make_pool: PoolFactory) -> None:
