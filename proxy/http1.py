@@ -139,6 +139,20 @@ class Response:
 class Connection(asyncio.Protocol):
     """One keep-alive connection to the upstream, carrying one exchange at a time."""
 
+    # The exchange in progress, set by _reset.
+    _response: Response | None
+    _buffered: int
+    _complete: bool
+    _keep_alive: bool
+    _until_eof: bool
+    _head_request: bool
+    _informational: bool
+    _error: BaseException | None
+    answered: bool
+    """Whether the upstream sent anything during the current exchange."""
+    _head_size: int
+    _sender: asyncio.Task[None] | None
+
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._loop = pool.loop
@@ -148,25 +162,13 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
-        # The exchange in progress (reset by _begin).
         self._head: asyncio.Future[Response] | None = None
-        self._response: Response | None = None
         self._fields: list[tuple[str, str]] = []
         self._reason = b""
         self._chunks: deque[bytes] = deque()
-        self._buffered = 0
         self._body_waiter: asyncio.Future[None] | None = None
-        self._complete = False
-        self._keep_alive = True
-        self._until_eof = False
-        self._head_request = False
-        self._informational = False
-        self._error: BaseException | None = None
         self._reading_paused = False
-        self.answered = False
-        """Whether the upstream sent anything during the current exchange."""
-        self._head_size = 0
-        self._sender: asyncio.Task[None] | None = None
+        self._reset(head_request=False)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._deadline: float | None = None
@@ -308,7 +310,8 @@ class Connection(asyncio.Protocol):
             self._sender = loop.create_task(self._send_stream(body, stream_length))
         return await waiter
 
-    def _begin(self, head_request: bool, read_timeout: float, deadline: float | None) -> None:
+    def _reset(self, *, head_request: bool) -> None:
+        """The state of one exchange, as it is before any byte is sent."""
         self._response = None
         self._chunks.clear()
         self._buffered = 0
@@ -321,6 +324,9 @@ class Connection(asyncio.Protocol):
         self.answered = False
         self._head_size = 0
         self._sender = None
+
+    def _begin(self, head_request: bool, read_timeout: float, deadline: float | None) -> None:
+        self._reset(head_request=head_request)
         self._read_timeout = read_timeout
         self._deadline = deadline
         now = self._last_activity = self._loop.time()

@@ -304,18 +304,15 @@ async def _endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     await asyncio.sleep(1)
 
 
-async def test_endless_response_head_is_refused(make_pool: PoolFactory) -> None:
-    async with Scripted(_endless_head) as server:
+@pytest.mark.parametrize(("script", "why"), [
+    (_endless_head, f"head exceeds {MAX_HEAD} bytes"),
+    (_not_http, r"not valid HTTP/1\.1"),
+], ids=["endless-head", "not-http"])
+async def test_bad_responses_are_refused(script: Script, why: str,
+                                         make_pool: PoolFactory) -> None:
+    async with Scripted(script) as server:
         pool = make_pool(server.port)
-        with pytest.raises(BadResponse, match=f"head exceeds {MAX_HEAD} bytes"):
-            await exchange(pool)
-        assert pool.open_connections == 0
-
-
-async def test_not_http_is_a_bad_response(make_pool: PoolFactory) -> None:
-    async with Scripted(_not_http) as server:
-        pool = make_pool(server.port)
-        with pytest.raises(BadResponse, match=r"not valid HTTP/1\.1"):
+        with pytest.raises(BadResponse, match=why):
             await exchange(pool)
         assert pool.open_connections == 0
 
