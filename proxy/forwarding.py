@@ -133,7 +133,7 @@ async def _routed_write(
             f"(application/json); got {content_type or 'no Content-Type'}"
         )
     body = await intake.read_json(
-        request.content, length=intake.content_length(request.headers),
+        request.content, length=hdr.content_length(request.headers),
         encoding=request.headers.get("Content-Encoding"),
         max_body_bytes=limits.max_body_bytes, max_decoded_bytes=limits.max_decoded_bytes,
         max_json_depth=limits.max_json_depth,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
@@ -30,6 +30,7 @@ __all__ = [
     "REWRITTEN",
     "SHADOW",
     "STRIPPED",
+    "content_length",
     "downstream_fields",
     "pending_headers",
     "pointer_list",
@@ -147,6 +148,16 @@ def upstream_fields(
             out.append((name, added))
     out.append((REQUEST_ID, request_id))
     return out
+
+
+def content_length(headers: Mapping[str, str]) -> int | None:
+    """The declared ``Content-Length``, or None when there is none or it is not a number.
+
+    >>> content_length({"Content-Length": "12"}), content_length({"Content-Length": "-1"})
+    (12, None)
+    """
+    length = headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() else None
 
 
 def downstream_fields(headers: Headers, *, drop: Iterable[str] = ()) -> list[tuple[str, str]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Mapping
 from itertools import chain, compress, repeat
 from operator import is_
 from typing import Any, Final, NamedTuple
@@ -37,7 +36,6 @@ from proxy.errors import BodyTooLarge, InvalidEncoding, JSONTooDeep, MalformedJS
 
 __all__ = [
     "Body",
-    "content_length",
     "decode_content",
     "is_json",
     "parse_json",
@@ -331,11 +329,6 @@ def parse_json(data: bytes, *, max_depth: int) -> Any:
     if shape.rounded:
         doc = _parse_exact(data)
     return doc
-
-
-def content_length(headers: Mapping[str, str]) -> int | None:
-    length = headers.get("Content-Length")
-    return int(length) if length is not None and length.isdigit() else None
 
 
 async def read_json(

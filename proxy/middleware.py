@@ -146,7 +146,7 @@ def policy_middleware(
         encoding = request.headers.get("Content-Encoding")
         body = await intake.read_json(
             request.content,
-            length=None if server_decompresses else intake.content_length(request.headers),
+            length=None if server_decompresses else hdr.content_length(request.headers),
             encoding=None if server_decompresses else encoding,
             max_body_bytes=limits.max_decoded_bytes if server_decompresses
             else limits.max_body_bytes,

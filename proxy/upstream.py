@@ -44,7 +44,6 @@ class Upstream:
         observe: Observer | None = None,
     ) -> None:
         origin = URL(str(origin))
-        self.origin = str(origin).rstrip("/")
         self._host, self._port = origin.raw_host or "", origin.port or 80
         self._host_field = origin.host_port_subcomponent or self._host
         self._tls = origin.scheme == "https"
@@ -105,14 +104,12 @@ class Upstream:
                         head, data, stream_length=length, head_request=method == "HEAD",
                         read_timeout=timeouts.read, deadline=deadline,
                     )
-                except ConnectionError:
+                except BaseException as exc:
                     connection.close()
-                    if not retried and may_retry(method, data, reused, connection):
+                    if (isinstance(exc, ConnectionError) and not retried
+                            and may_retry(method, data, reused, connection)):
                         retried = True
                         continue
-                    raise
-                except BaseException:
-                    connection.close()
                     raise
                 outcome = "ok"
                 return response
