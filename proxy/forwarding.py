@@ -22,8 +22,8 @@ from proxy import intake
 from proxy.config import NonJSON
 from proxy.core.model import Direction
 from proxy.core.policy import RouteSpec
-from proxy.errors import InputError, UnsupportedMediaType, UpstreamError
-from proxy.inspection import plan_outcome
+from proxy.errors import UnsupportedMediaType, UpstreamError
+from proxy.inspection import published_body
 from proxy.metrics import PASSTHROUGH_ROUTE
 from proxy.services import REQUEST_ID, ROUTE, SERVICES, Services
 from proxy.upstream import Body, Response
@@ -132,27 +132,23 @@ async def _routed_write(
             f"{route.method} {route.path} publishes links and must carry JSON "
             f"(application/json); got {content_type or 'no Content-Type'}"
         )
-    body = await intake.read_json(
-        request.content, length=hdr.content_length(request.headers),
-        encoding=request.headers.get("Content-Encoding"),
-        max_body_bytes=limits.max_body_bytes, max_decoded_bytes=limits.max_decoded_bytes,
-        max_json_depth=limits.max_json_depth,
+    passage = await services.inspector.judge(
+        route,
+        await intake.read_json(
+            request.content, length=hdr.content_length(request.headers),
+            encoding=request.headers.get("Content-Encoding"),
+            max_body_bytes=limits.max_body_bytes, max_decoded_bytes=limits.max_decoded_bytes,
+            max_json_depth=limits.max_json_depth,
+        ),
+        headers=request.headers, at=services.clock(), request_id=request[REQUEST_ID],
     )
-    plan = await services.inspector.inspect(
-        route, body.doc, headers=request.headers, at=services.clock(),
-        request_id=request[REQUEST_ID],
-    )
-    outcome = plan_outcome(plan, body.doc)
-    if outcome.body is None:
-        data, drop = body.raw, _AS_SENT  # type: tuple[bytes, tuple[str, ...]]
-    else:
-        data, drop = outcome.body, _NEW_BODY
     response = await services.upstream.send(
-        request.method, request.raw_path, _upstream_headers(request, drop), data,
+        request.method, request.raw_path,
+        _upstream_headers(request, _NEW_BODY if passage.edited else _AS_SENT), passage.data,
         route=route.id, streaming=False,
     )
     try:
-        return await _relay(request, services, response, outcome.headers)
+        return await _relay(request, services, response, passage.headers)
     finally:
         response.release()
 
@@ -174,23 +170,16 @@ async def _routed_read(
         raw = await services.upstream.read(response, limit=limits.max_body_bytes)
     finally:
         response.release()
-    encoding = response.headers.get("Content-Encoding")
-    try:
-        decoded = intake.decode_content(raw, encoding, limit=limits.max_decoded_bytes)
-        doc = intake.parse_json(decoded, max_depth=limits.max_json_depth)
-    except InputError as exc:
-        raise UpstreamError(f"the cart service's response cannot be inspected: {exc.detail}") \
-            from exc
-    plan = await services.inspector.inspect(
-        route, doc, headers=request.headers, at=services.clock(), request_id=request[REQUEST_ID]
+    passage = await services.inspector.judge(
+        route,
+        published_body(raw, encoding=response.headers.get("Content-Encoding"), limits=limits),
+        headers=request.headers, at=services.clock(), request_id=request[REQUEST_ID],
     )
-    outcome = plan_outcome(plan, doc)
-    if outcome.body is None:
-        body, drop = raw, ("Content-Length",)  # type: tuple[bytes, tuple[str, ...]]
-    else:
-        body, drop = outcome.body, ("Content-Length", "Content-Encoding")
-    headers = hdr.downstream_fields(response.headers, drop=drop)
-    headers += outcome.headers
+    headers = hdr.downstream_fields(
+        response.headers,
+        drop=("Content-Length", "Content-Encoding") if passage.edited else ("Content-Length",),
+    )
+    headers += passage.headers
     headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))
-    return web.Response(status=response.status, reason=response.reason, body=body,
+    return web.Response(status=response.status, reason=response.reason, body=passage.data,
                         headers=headers)

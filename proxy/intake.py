@@ -38,6 +38,7 @@ __all__ = [
     "Body",
     "decode_content",
     "is_json",
+    "parse_body",
     "parse_json",
     "read_body",
     "read_json",
@@ -346,5 +347,12 @@ async def read_json(
     Content-Encoding still to undo (None when the body arrives decoded).
     """
     raw = await read_body(content, declared=length, limit=max_body_bytes)
+    return parse_body(raw, encoding=encoding, max_decoded_bytes=max_decoded_bytes,
+                      max_json_depth=max_json_depth)
+
+
+def parse_body(raw: bytes, *, encoding: str | None, max_decoded_bytes: int,
+               max_json_depth: int) -> Body:
+    """Undo ``encoding`` (the Content-Encoding, None for none) and parse, under the limits."""
     decoded = decode_content(raw, encoding, limit=max_decoded_bytes)
     return Body(raw, parse_json(decoded, max_depth=max_json_depth), decoded is not raw)

@@ -37,9 +37,9 @@ from proxy.core.engine import Engine
 from proxy.core.model import Direction
 from proxy.core.policy import RouteSpec
 from proxy.core.routes import RouteTable
-from proxy.errors import ClientFacingError, InputError, UnsupportedMediaType, UpstreamError
+from proxy.errors import ClientFacingError, InputError, UnsupportedMediaType
 from proxy.flags import FlagSource, StaticFlags
-from proxy.inspection import Inspector, plan_outcome
+from proxy.inspection import Inspector, published_body
 from proxy.metrics import PASSTHROUGH_ROUTE, ProxyMetrics
 from proxy.services import REQUEST_ID, ROUTE, Clock, system_clock
 
@@ -144,27 +144,29 @@ def policy_middleware(
                 f"(application/json); got {content_type or 'no Content-Type'}"
             )
         encoding = request.headers.get("Content-Encoding")
-        body = await intake.read_json(
-            request.content,
-            length=None if server_decompresses else hdr.content_length(request.headers),
-            encoding=None if server_decompresses else encoding,
-            max_body_bytes=limits.max_decoded_bytes if server_decompresses
-            else limits.max_body_bytes,
-            max_decoded_bytes=limits.max_decoded_bytes, max_json_depth=limits.max_json_depth,
+        passage = await inspector.judge(
+            route,
+            await intake.read_json(
+                request.content,
+                length=None if server_decompresses else hdr.content_length(request.headers),
+                encoding=None if server_decompresses else encoding,
+                max_body_bytes=limits.max_decoded_bytes if server_decompresses
+                else limits.max_body_bytes,
+                max_decoded_bytes=limits.max_decoded_bytes,
+                max_json_depth=limits.max_json_depth,
+            ),
+            headers=request.headers, at=clock(), request_id=request_id,
         )
-        plan = await inspector.inspect(route, body.doc, headers=request.headers, at=clock(),
-                                       request_id=request_id)
-        outcome = plan_outcome(plan, body.doc)
-        if outcome.body is not None:
+        if passage.edited:
             edited = CIMultiDict(request.headers)
             edited.popall("Content-Encoding", None)
-            edited["Content-Length"] = str(len(outcome.body))
+            edited["Content-Length"] = str(len(passage.data))
             request = request.clone(headers=edited)
         # aiohttp keeps a read body here; the handler's read()/json() return it.
-        request._read_bytes = body.raw if outcome.body is None else outcome.body
+        request._read_bytes = passage.data
         response = await handler(request)
         if not response.prepared:
-            for name, value in outcome.headers:
+            for name, value in passage.headers:
                 response.headers.add(name, value)
         return response
 
@@ -176,17 +178,13 @@ def policy_middleware(
                 or not intake.is_json(response.headers.get("Content-Type"))
                 or not isinstance(response.body, bytes)):
             return response
-        try:
-            doc = intake.parse_json(response.body, max_depth=limits.max_json_depth)
-        except InputError as exc:
-            raise UpstreamError(f"the cart service's response cannot be inspected: "
-                                f"{exc.detail}") from exc
-        plan = await inspector.inspect(route, doc, headers=request.headers, at=clock(),
-                                       request_id=request_id)
-        outcome = plan_outcome(plan, doc)
-        if outcome.body is not None:
-            response.body = outcome.body
-        for name, value in outcome.headers:
+        passage = await inspector.judge(
+            route, published_body(response.body, encoding=None, limits=limits),
+            headers=request.headers, at=clock(), request_id=request_id,
+        )
+        if passage.edited:
+            response.body = passage.data
+        for name, value in passage.headers:
             response.headers.add(name, value)
         return response
 
