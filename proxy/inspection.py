@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from itertools import chain
@@ -80,7 +80,8 @@ _VERDICTS: Final = attrgetter("verdicts")
 _PENDING: Final = attrgetter("pending")
 _ACTION: Final = attrgetter("action")
 _HOST: Final = attrgetter("link.host")
-_LABELS: Final = attrgetter("platform", "kind")
+_PLATFORM: Final = attrgetter("platform")
+_KIND: Final = attrgetter("kind")
 _ALLOW_ONLY: Final = frozenset({Action.ALLOW})
 _SHORT_HOSTS_MAX: Final = 4096
 
@@ -389,15 +390,17 @@ def _stricter(current: LinkVerdict, other: LinkVerdict) -> LinkVerdict:
     return other if other.action.rank > current.action.rank else current
 
 
-def _allowed(verdicts: Iterable[LinkVerdict]) -> dict[tuple[str | None, str, str, str], int]:
+def _allowed(verdicts: Sequence[LinkVerdict]) -> dict[tuple[str | None, str, str, str], int]:
     """Link counts by metric labels when every verdict is a plain allow."""
-    labels = list(map(_LABELS, verdicts))
-    if labels and labels.count(labels[0]) == len(labels):
-        # The usual message links one platform's items: one comparison loop in C, no hashing.
-        platform, kind = labels[0]
-        return {(platform, kind, Action.ALLOW, Mode.ENFORCE): len(labels)}
+    platforms = list(map(_PLATFORM, verdicts))
+    if platforms and platforms.count(platforms[0]) == len(platforms):
+        kinds = list(map(_KIND, verdicts))
+        if kinds.count(kinds[0]) == len(kinds):
+            # The usual message links one platform's items: comparison loops in C over shared
+            # objects, no tuple built or hashed per link.
+            return {(platforms[0], kinds[0], Action.ALLOW, Mode.ENFORCE): len(platforms)}
     return {(platform, kind, Action.ALLOW, Mode.ENFORCE): n
-            for (platform, kind), n in Counter(labels).items()}
+            for (platform, kind), n in Counter(zip(platforms, map(_KIND, verdicts), strict=True)).items()}
 
 
 def _audit_record(plan: ActionPlan, finding: Finding, request_id: str,

@@ -32,6 +32,9 @@ __all__ = ["RuleBook", "decide", "decide_checked", "require_aware"]
 _VerdictFields = tuple[Action, PlatformId | None, LinkKind, RuleId | None, str | None]
 _Outcome = tuple[_VerdictFields, tuple[tuple[tuple[str, str], PendingRule], ...]]
 _MAX_OUTCOMES = 4096
+_NO_LINKS = Decision(Action.ALLOW, None, None, (), ())
+"""The decision for every input without a link (most titles and descriptions): one shared
+object, so the engine's memo holds one per such text and not five fields each."""
 
 
 def require_aware(at: datetime) -> datetime:
@@ -110,6 +113,8 @@ def decide_checked(
     Each link's outcome depends only on its matches (shared between links by the classifier),
     so it is memoised per (matches, surface, direction, instant) in the rule book.
     """
+    if not links:
+        return _NO_LINKS
     outcomes = book.outcomes
     request = direction is Direction.REQUEST
     verdicts: list[LinkVerdict] = []
