@@ -116,10 +116,13 @@ def test_response_direction_uses_response_action_and_fills_target(book: RuleBook
     )
 
 
-def test_no_links_is_allow(book: RuleBook) -> None:
-    decision = decide([], SurfaceId("livestream_cart"), AFTER, book)
-    assert decision.action is Action.ALLOW
-    assert decision.platform is None
+@pytest.mark.parametrize("surface", ["livestream_cart", "short_video_cart", "product_detail"])
+@pytest.mark.parametrize("at", [BEFORE, CUTOFF, AFTER], ids=["before", "at", "after"])
+def test_no_links_is_allow(book: RuleBook, surface: str, at: datetime) -> None:
+    decision = decide([], SurfaceId(surface), at, book)
+    assert decision == (Action.ALLOW, None, None, (), ())
+    # One shared object for every link-free input: the engine's memo keeps one per such text.
+    assert decide((), SurfaceId(surface), at, book, Direction.RESPONSE) is decision
 
 
 def test_naive_instant_is_refused(book: RuleBook) -> None:

@@ -198,6 +198,16 @@ def test_decide_many_matches_decide(engine: Engine) -> None:
         assert engine.decide_many(texts, surface, at) == [engine.decide(t, surface, at) for t in texts]
 
 
+def test_link_free_texts_share_one_decision(engine: Engine) -> None:
+    texts = ["京东好物 1 限时特价", "plain title", "", "price 99.00"]
+    decisions = engine.decide_many(texts, SurfaceId("short_video_cart"), INSTANTS["after"])
+    assert all(d is decisions[0] for d in decisions)
+    linked = engine.decide("https://item.jd.com/1.html", SurfaceId("short_video_cart"),
+                           INSTANTS["after"])
+    assert linked.verdicts
+    assert linked is not decisions[0]
+
+
 def test_memo_is_bounded_and_shared_by_surfaces_and_epochs() -> None:
     small = build_engine(load_policy(), memo_size=8)
     live, video = SurfaceId("livestream_cart"), SurfaceId("short_video_cart")
