@@ -456,7 +456,10 @@ def plan_outcome(plan: ActionPlan, doc: Any) -> Outcome:
         doc = apply_edits(doc, replacements=replacements, removals=removals)
         body = serialise(doc)
         if strip:
-            report.append((hdr.STRIPPED, _report(strip, sorted({pointer(p) for p in removals}))))
+            # Sorted as paths (document order: items/2 before items/10), then written as
+            # pointers; paths that differ first at one position share a parent there, so the
+            # two steps compared are both indices or both keys.
+            report.append((hdr.STRIPPED, _report(strip, [pointer(p) for p in sorted(set(removals))])))
         if rewrite:
             report.append((hdr.REWRITTEN, _report(rewrite, [f.pointer for f in rewrite])))
     by_kind: dict[tuple[str, str], list[Finding]] = {}
