@@ -197,7 +197,10 @@ class Inspector:
         at: datetime,
         request_id: str,
     ) -> ActionPlan:
-        """Decide on every link of ``doc`` as published on ``route`` at the instant ``at``."""
+        """Decide on every link of ``doc`` as published on ``route`` at the instant ``at``.
+
+        ``doc`` is a parsed JSON document (``intake.parse_json``): plain dicts, lists and
+        strings, not subclasses (see ``select_texts``)."""
         started = time.perf_counter()
         surface, direction = route.surface, route.direction
         seller = _seller(route, headers, doc)

@@ -222,7 +222,11 @@ def _walk(node: object, at: Path, trie: _Trie, out: list[Location]) -> None:
 
 def select_texts(doc: object, paths: LinkPaths) -> list[str]:
     """The strings ``select`` finds, without paths and in no set order; empty ones may be left
-    out. One per selected location, so a string written twice counts twice."""
+    out. One per selected location, so a string written twice counts twice.
+
+    ``doc`` must be as a JSON parser builds it: exactly ``dict``, ``list`` and ``str`` (and
+    numbers, booleans, None). The walk compares types by identity, in C; a subclass such as
+    ``OrderedDict`` is not looked into."""
     if paths.overlapping:
         return [loc.text for loc in select(doc, paths)]
     out: list[str] = []
