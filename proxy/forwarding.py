@@ -37,7 +37,12 @@ _SMALL: Final = 64 * 1024
 # Constant tuples: headers.upstream_fields builds each skip set once per tuple. The upstream
 # client frames every body itself, so Content-Length is never passed on as received.
 _AS_SENT: Final = ("Expect", "Content-Length")
-_NEW_BODY: Final = ("Expect", "Content-Length", "Content-Encoding")
+_NEW_BODY: Final = ("Expect", "Content-Length", "Content-Encoding", *hdr.BODY_DIGESTS)
+_WHOLE_ANSWER: Final = (*_AS_SENT, *hdr.PARTIAL_OR_CACHED)
+_ANSWER_AS_SENT: Final = ("Content-Length",)
+# An edited answer is a new representation: the upstream's validator and digests describe
+# the old one.
+_NEW_ANSWER: Final = ("Content-Length", "Content-Encoding", "ETag", *hdr.BODY_DIGESTS)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -159,7 +164,7 @@ async def _routed_read(
     limits = services.settings.limits
     data = request.content if request.body_exists else None
     response = await services.upstream.send(
-        request.method, request.raw_path, _upstream_headers(request), data,
+        request.method, request.raw_path, _upstream_headers(request, _WHOLE_ANSWER), data,
         route=route.id, streaming=False, length=request.content_length,
     )
     try:
@@ -176,8 +181,7 @@ async def _routed_read(
         headers=request.headers, at=services.clock(), request_id=request[REQUEST_ID],
     )
     headers = hdr.downstream_fields(
-        response.headers,
-        drop=("Content-Length", "Content-Encoding") if passage.edited else ("Content-Length",),
+        response.headers, drop=_NEW_ANSWER if passage.edited else _ANSWER_AS_SENT
     )
     headers += passage.headers
     headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))

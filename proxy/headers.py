@@ -24,7 +24,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core.model import PendingRule
 
 __all__ = [
+    "BODY_DIGESTS",
     "HOP_BY_HOP",
+    "PARTIAL_OR_CACHED",
     "PENDING",
     "REQUEST_ID",
     "REWRITTEN",
@@ -42,6 +44,12 @@ HOP_BY_HOP: Final = frozenset({
     "connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })  # fmt: skip
+BODY_DIGESTS: Final = ("Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
+"""Fields computed over a body's exact bytes: wrong once the proxy edits the body."""
+PARTIAL_OR_CACHED: Final = ("Range", "If-Range", "If-None-Match", "If-Modified-Since")
+"""Request fields that ask for a part of a document, or for none if the client's copy is
+current. A routed read drops them: a part cannot be inspected, and a 304 would let a client
+keep a copy cached before the cutoff."""
 REQUEST_ID: Final = "X-Request-Id"
 PENDING: Final = "Link-Policy-Pending"
 SHADOW: Final = "Link-Policy-Shadow"
@@ -49,6 +57,8 @@ STRIPPED: Final = "Link-Policy-Stripped"
 REWRITTEN: Final = "Link-Policy-Rewritten"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _UPSTREAM_SKIP: Final = HOP_BY_HOP | {"host", "x-request-id"}
+# The proxy answers with its own X-Request-Id: a cart service's would make two.
+_DOWNSTREAM_SKIP: Final = HOP_BY_HOP | {"x-request-id"}
 _XFF: Final = "X-Forwarded-For"
 _XFP: Final = "X-Forwarded-Proto"
 _XFH: Final = "X-Forwarded-Host"
@@ -161,8 +171,9 @@ def content_length(headers: Mapping[str, str]) -> int | None:
 
 
 def downstream_fields(headers: Headers, *, drop: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """Fields of an upstream response to pass to the client: end-to-end fields only."""
-    skip = _skip_for(HOP_BY_HOP, headers, drop)
+    """Fields of an upstream response to pass to the client: end-to-end fields only, and not
+    its ``X-Request-Id`` (the proxy sends its own)."""
+    skip = _skip_for(_DOWNSTREAM_SKIP, headers, drop)
     return [field for field in headers.items() if field[0].lower() not in skip]
 
 

@@ -159,7 +159,8 @@ def policy_middleware(
         )
         if passage.edited:
             edited = CIMultiDict(request.headers)
-            edited.popall("Content-Encoding", None)
+            for name in ("Content-Encoding", *hdr.BODY_DIGESTS):
+                edited.popall(name, None)
             edited["Content-Length"] = str(len(passage.data))
             request = request.clone(headers=edited)
         # aiohttp keeps a read body here; the handler's read()/json() return it.
@@ -172,6 +173,11 @@ def policy_middleware(
 
     async def read(request: web.Request, handler: Handler, route: RouteSpec,
                    request_id: str) -> web.StreamResponse:
+        if any(name in request.headers for name in hdr.PARTIAL_OR_CACHED):
+            whole = CIMultiDict(request.headers)
+            for name in hdr.PARTIAL_OR_CACHED:
+                whole.popall(name, None)
+            request = request.clone(headers=whole)
         response = await handler(request)
         if (not isinstance(response, web.Response) or response.prepared
                 or not 200 <= response.status < 300
@@ -184,6 +190,8 @@ def policy_middleware(
         )
         if passage.edited:
             response.body = passage.data
+            for name in ("ETag", *hdr.BODY_DIGESTS):
+                response.headers.popall(name, None)
         for name, value in passage.headers:
             response.headers.add(name, value)
         return response

@@ -101,6 +101,72 @@ async def test_strip_edits_the_body_the_handler_reads(aiohttp_client: Any, engin
     assert response.headers["Link-Policy-Stripped"] == 'count=1; pointers="#/items/0"'
 
 
+def _recording_cart(engine: Any, seen: list[Any], stored: list[str]) -> web.Application:
+    """A cart service behind the middleware that records the headers its handlers get; its live
+    cart holds ``stored`` URLs and is served with a validator and a digest."""
+
+    async def read(request: web.Request) -> web.Response:
+        seen.append(request.headers.copy())
+        items = [{"item_id": str(i), "url": url} for i, url in enumerate(stored)]
+        return web.json_response({"items": items}, headers={
+            "ETag": '"v7"', "Content-Digest": "sha-256=:AAAA:",
+            "Last-Modified": "Tue, 01 Mar 2022 00:00:00 GMT"})
+
+    async def write(request: web.Request) -> web.Response:
+        seen.append(request.headers.copy())
+        return web.json_response(await request.json())
+
+    app = web.Application(middlewares=[policy_middleware(engine=engine, clock=fixed_clock("after"))])
+    app.router.add_get("/v1/live/{room_id}/cart", read)
+    app.router.add_post("/v1/live/{room_id}/cart/items", write)
+    return app
+
+
+async def test_routed_read_handler_sees_no_range_or_condition(aiohttp_client: Any,
+                                                              engine: Any) -> None:
+    """As in the proxy: the handler answers with the whole current document to inspect."""
+    seen: list[Any] = []
+    client = await aiohttp_client(_recording_cart(engine, seen, [TAOBAO]))
+    conditional = {"Range": "bytes=0-5", "If-Range": '"v7"', "If-None-Match": '"v7"',
+                   "If-Modified-Since": "Tue, 01 Mar 2022 00:00:00 GMT", "If-Match": '"v7"'}
+    response = await client.get("/v1/live/r1/cart", headers=conditional)
+    assert response.status == 200
+    assert [name for name in conditional if name in seen[0]] == ["If-Match"]
+
+
+async def test_routed_read_validators_follow_the_body(aiohttp_client: Any, engine: Any) -> None:
+    edited = await aiohttp_client(_recording_cart(engine, [], [TAOBAO]))
+    response = await edited.get("/v1/live/r1/cart")
+    assert "Link-Policy-Rewritten" in response.headers
+    assert ("ETag" in response.headers, "Content-Digest" in response.headers,
+            "Last-Modified" in response.headers) == (False, False, True)
+    unchanged = await aiohttp_client(_recording_cart(engine, [], ["https://example.org/x"]))
+    response = await unchanged.get("/v1/live/r1/cart")
+    assert (response.headers["ETag"], response.headers["Content-Digest"]) == \
+        ('"v7"', "sha-256=:AAAA:")
+
+
+async def test_edited_write_drops_the_request_digests(aiohttp_client: Any, engine: Any) -> None:
+    from dataclasses import replace
+
+    from proxy.core.model import Action
+    from proxy.policyfile import build_engine
+
+    policy = engine.policy
+    stripping = build_engine(replace(policy, rules=(replace(policy.rules[0], action=Action.STRIP),
+                                                    *policy.rules[1:])))
+    seen: list[Any] = []
+    client = await aiohttp_client(_recording_cart(stripping, seen, []))
+    digests = {"Content-Digest": "sha-256=:AAAA:", "Repr-Digest": "sha-256=:AAAA:",
+               "Digest": "md5=AAAA", "Content-MD5": "AAAA"}
+    for urls, kept in (([TAOBAO, "https://example.org/x"], []),
+                       (["https://example.org/x"], list(digests))):
+        response = await client.post("/v1/live/r1/cart/items", headers=digests,
+                                     json={"items": [{"url": u} for u in urls]})
+        assert response.status == 200
+        assert [name for name in digests if name in seen[-1]] == kept
+
+
 async def test_proxy_middleware_is_the_three_in_one(aiohttp_client: Any) -> None:
     """Request id, metrics and problem rendering as ``request_id_middleware``,
     ``metrics_middleware`` and ``problem_middleware`` do them, outermost first."""
