@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -143,21 +144,22 @@ def _known_platform(engine: Engine) -> Callable[[str], bool]:
 def _lifecycle(owned: _Owned) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
-        await services.upstream.start()
-        if owned.resolver is not None:
-            await owned.resolver.start()
-        if owned.store is not None:
-            # One bounded read (the policy's flags serve if Redis is down), then the watcher.
-            await owned.store.start()
-        yield
-        if owned.store is not None:
-            await owned.store.stop()
-        if owned.resolver is not None:
-            await owned.resolver.aclose()
-        await services.tasks.aclose()
-        await services.upstream.close()
-        if owned.redis is not None:
-            await owned.redis.aclose()
+        # Each part is closed once it has started, in reverse order, even when a later start
+        # fails (aiohttp then never resumes this generator) or an earlier close raises.
+        async with AsyncExitStack() as stack:
+            if owned.redis is not None:
+                stack.push_async_callback(owned.redis.aclose)
+            await services.upstream.start()
+            stack.push_async_callback(services.upstream.close)
+            stack.push_async_callback(services.tasks.aclose)
+            if owned.resolver is not None:
+                await owned.resolver.start()
+                stack.push_async_callback(owned.resolver.aclose)
+            if owned.store is not None:
+                # One bounded read (the policy's flags serve if Redis is down), then the watcher.
+                await owned.store.start()
+                stack.push_async_callback(owned.store.stop)
+            yield
 
     return lifecycle
 

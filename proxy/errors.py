@@ -19,8 +19,9 @@ pure core may use it.
     │   ├── PolicyBlocked           422  a link the policy forbids on this surface
     │   ├── Unauthorized            401  admin API without the right bearer token
     │   ├── FlagStoreUnavailable    503  a flag change could not be written to Redis (admin API)
-    │   └── UpstreamError           the cart service could not be reached (5xx)
-    │       ├── UpstreamUnavailable 502  refused, reset, DNS failure
+    │   └── UpstreamError           502  the cart service failed: its answer is over the inspection
+    │       │                            limit or cannot be inspected (bad JSON, too deep, ...)
+    │       ├── UpstreamUnavailable 502  refused, reset, DNS failure, not an HTTP/1.1 answer
     │       └── UpstreamTimeout     504  no answer within the configured timeout
     ├── BadResponse                 the upstream's answer is not HTTP/1.1 (becomes UpstreamUnavailable)
     ├── CacheUnavailable            Redis failed or the circuit is open (never reaches a client)
@@ -82,7 +83,8 @@ class ClientFacingError(ProxyError):
     def __init__(self, detail: str, *, extensions: Mapping[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.extensions: Mapping[str, Any] = extensions or {}
+        # A copy: what the raiser does with its mapping afterwards must not change the problem.
+        self.extensions: Mapping[str, Any] = dict(extensions) if extensions else {}
 
 
 class InputError(ClientFacingError):

@@ -306,6 +306,34 @@ async def test_owned_parts_are_started_and_closed(
         services.tasks.spawn(asyncio.sleep(0), name="after-cleanup")
 
 
+@pytest.mark.parametrize("fails", ["resolver start", "resolver close"])
+async def test_a_failing_part_does_not_keep_the_others_open(
+    make_settings: MakeSettings, upstream: Upstream, shortener: tuple[str, ResolverSettings],
+    monkeypatch: pytest.MonkeyPatch, fails: str,
+) -> None:
+    """A part that fails to start or to close (injected here) leaves no other part open: the
+    upstream pool and the task set are closed all the same."""
+    _, server = upstream
+    settings = make_settings(upstream=server.make_url("/"), resolver=shortener[1])
+    app = create_app(settings, clock=fixed_clock("after"), registry=CollectorRegistry())
+    services = app[SERVICES]
+
+    async def broken(self: ShortLinkResolver) -> None:
+        raise OSError(f"injected: {fails}")
+
+    monkeypatch.setattr(ShortLinkResolver, "start" if fails == "resolver start" else "aclose",
+                        broken)
+    runner = web.AppRunner(app)
+    with pytest.raises(OSError, match="injected"):
+        await runner.setup()  # the app's startup: cleanup_ctx up to its yield
+        assert services.upstream.pool is not None
+        await runner.cleanup()
+    with pytest.raises(RuntimeError, match="not started"):
+        services.upstream.pool  # noqa: B018 - closed although the resolver failed
+    with pytest.raises(RuntimeError, match="closed"):
+        services.tasks.spawn(asyncio.sleep(0), name="after-cleanup")
+
+
 async def test_injected_parts_are_used_and_left_open(
     make_settings: MakeSettings, policy: Policy, engine: Engine, upstream: Upstream,
     redis_server: RedisServer, shortener: tuple[str, ResolverSettings],

@@ -153,9 +153,10 @@ def test_the_docstring_tree_is_the_class_tree() -> None:
             assert issubclass(cls, ClientFacingError)
             assert cls.status == status, cls
     documented = {name for name, (_, status) in tree.items() if status is not None}
-    # Every concrete client-facing error names its status in the drawing (bases name a class).
-    concrete = {cls.__name__ for cls in CLIENT_CLASSES if not cls.__subclasses__()}
-    assert documented == concrete
+    # Every leaf client-facing error names its status in the drawing; a base may too, when it
+    # is raised itself (UpstreamError: an answer that cannot be inspected).
+    leaves = {cls.__name__ for cls in CLIENT_CLASSES if not cls.__subclasses__()}
+    assert leaves <= documented
 
 
 def test_docs_problem_table_agrees_with_the_classes() -> None:
@@ -273,6 +274,8 @@ def test_detail_and_extensions_as_given(cls: type[ClientFacingError]) -> None:
     assert str(error) == "what went wrong"
     assert error.args == ("what went wrong",)
     assert error.extensions == extensions
+    extensions["limit"] = 11  # the raiser's mapping, changed after the raise
+    assert error.extensions["limit"] == 10
     plain = cls("plain")
     assert plain.extensions == {}
     assert plain.extensions is not cls("other").extensions  # no shared mutable default
