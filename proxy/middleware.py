@@ -16,7 +16,9 @@ so a cart service gets the same decisions, the same headers and the same problem
 Handlers behind it must read bodies with ``await request.read()`` / ``json()`` / ``text()``
 (the inspected, possibly edited body is handed over that way; ``request.content`` is consumed).
 Routed responses are inspected when the handler returns a ``web.Response`` with a JSON body
-(``web.json_response``); a ``StreamResponse`` is passed on as it is.
+(``web.json_response``); a ``StreamResponse`` is passed on as it is. As in the proxy, a routed
+read reaches its handler without ``Range`` or cache conditions (``headers.PARTIAL_OR_CACHED``),
+and an edited body loses the digests and ``ETag`` of the original.
 """
 
 from __future__ import annotations
