@@ -173,10 +173,14 @@ async def editing_proxy(aiohttp_client: Any, upstream: Recording, editing_engine
 
 
 # --- pass-through: byte for byte, small bodies whole, the rest streamed ----------------------
-@pytest.mark.parametrize(("size", "chunked"), [
+BODY_SIZES: Final = pytest.mark.parametrize(("size", "chunked"), [
     (0, False), (1000, False), (SMALL, False), (SMALL + 1, False), (1024 * KIB, False),
     (1000, True), (300 * KIB, True),
 ], ids=["empty", "1KB", "64KiB", "64KiB+1", "1MiB", "chunked-1KB", "chunked-300KiB"])
+"""Either side of the whole-read bound, and chunked."""
+
+
+@BODY_SIZES
 async def test_request_body_is_forwarded_byte_exact(make_proxy: MakeProxy, upstream: Recording,
                                                     size: int, chunked: bool) -> None:
     recorder, _ = upstream
@@ -195,10 +199,7 @@ async def test_request_body_is_forwarded_byte_exact(make_proxy: MakeProxy, upstr
         assert "Transfer-Encoding" not in sent
 
 
-@pytest.mark.parametrize(("size", "chunked"), [
-    (0, False), (1000, False), (SMALL, False), (SMALL + 1, False), (1024 * KIB, False),
-    (1000, True), (300 * KIB, True),
-], ids=["empty", "1KB", "64KiB", "64KiB+1", "1MiB", "chunked-1KB", "chunked-300KiB"])
+@BODY_SIZES
 async def test_response_body_is_relayed_byte_exact(make_proxy: MakeProxy, upstream: Recording,
                                                    size: int, chunked: bool) -> None:
     recorder, _ = upstream
@@ -217,9 +218,12 @@ async def test_response_body_is_relayed_byte_exact(make_proxy: MakeProxy, upstre
         assert response.headers["Content-Length"] == str(size)
 
 
-@pytest.mark.parametrize(("size", "streamed"), [
+WHOLE_OR_STREAMED: Final = pytest.mark.parametrize(("size", "streamed"), [
     (1000, False), (SMALL, False), (SMALL + 1, True), (256 * KIB, True),
 ], ids=["1KB-whole", "64KiB-whole", "64KiB+1-streamed", "256KiB-streamed"])
+
+
+@WHOLE_OR_STREAMED
 async def test_small_request_body_is_read_whole_larger_one_streamed(
     make_proxy: MakeProxy, size: int, streamed: bool
 ) -> None:
@@ -252,9 +256,7 @@ async def test_small_request_body_is_read_whole_larger_one_streamed(
     assert [sha(b) for b in received] == [sha(body)]
 
 
-@pytest.mark.parametrize(("size", "streamed"), [
-    (1000, False), (SMALL, False), (SMALL + 1, True), (256 * KIB, True),
-], ids=["1KB-whole", "64KiB-whole", "64KiB+1-streamed", "256KiB-streamed"])
+@WHOLE_OR_STREAMED
 async def test_small_answer_is_read_whole_larger_one_streamed(
     make_proxy: MakeProxy, size: int, streamed: bool
 ) -> None:
