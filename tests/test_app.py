@@ -324,10 +324,14 @@ async def test_a_failing_part_does_not_keep_the_others_open(
     monkeypatch.setattr(ShortLinkResolver, "start" if fails == "resolver start" else "aclose",
                         broken)
     runner = web.AppRunner(app)
-    with pytest.raises(OSError, match="injected"):
+
+    async def start_and_stop() -> None:
         await runner.setup()  # the app's startup: cleanup_ctx up to its yield
         assert services.upstream.pool is not None
         await runner.cleanup()
+
+    with pytest.raises(OSError, match="injected"):
+        await start_and_stop()
     with pytest.raises(RuntimeError, match="not started"):
         services.upstream.pool  # noqa: B018 - closed although the resolver failed
     with pytest.raises(RuntimeError, match="closed"):
