@@ -336,6 +336,9 @@ async def test_a_failing_part_does_not_keep_the_others_open(
         services.upstream.pool  # noqa: B018 - closed although the resolver failed
     with pytest.raises(RuntimeError, match="closed"):
         services.tasks.spawn(asyncio.sleep(0), name="after-cleanup")
+    monkeypatch.undo()
+    assert isinstance(services.resolver, ShortLinkResolver)
+    await services.resolver.aclose()  # the session the broken close left open
 
 
 async def test_injected_parts_are_used_and_left_open(
