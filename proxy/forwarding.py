@@ -37,12 +37,10 @@ _SMALL: Final = 64 * 1024
 # Constant tuples: headers.upstream_fields builds each skip set once per tuple. The upstream
 # client frames every body itself, so Content-Length is never passed on as received.
 _AS_SENT: Final = ("Expect", "Content-Length")
-_NEW_BODY: Final = ("Expect", "Content-Length", "Content-Encoding", *hdr.BODY_DIGESTS)
+_NEW_BODY: Final = (*_AS_SENT, *hdr.EDITED_BODY)
 _WHOLE_ANSWER: Final = (*_AS_SENT, *hdr.PARTIAL_OR_CACHED)
 _ANSWER_AS_SENT: Final = ("Content-Length",)
-# An edited answer is a new representation: the upstream's validator and digests describe
-# the old one.
-_NEW_ANSWER: Final = ("Content-Length", "Content-Encoding", "ETag", *hdr.BODY_DIGESTS)
+_NEW_ANSWER: Final = (*_ANSWER_AS_SENT, *hdr.EDITED_ANSWER)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:

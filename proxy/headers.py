@@ -25,6 +25,8 @@ from proxy.core.model import PendingRule
 
 __all__ = [
     "BODY_DIGESTS",
+    "EDITED_ANSWER",
+    "EDITED_BODY",
     "HOP_BY_HOP",
     "PARTIAL_OR_CACHED",
     "PENDING",
@@ -46,6 +48,11 @@ HOP_BY_HOP: Final = frozenset({
 })  # fmt: skip
 BODY_DIGESTS: Final = ("Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
 """Fields computed over a body's exact bytes: wrong once the proxy edits the body."""
+EDITED_BODY: Final = ("Content-Encoding", *BODY_DIGESTS)
+"""Fields of a message whose body the proxy edited (and sends identity-encoded) that describe
+the original bytes, so they go."""
+EDITED_ANSWER: Final = (*EDITED_BODY, "ETag")
+"""The same for an answer: an edited answer is a new representation, so its validator goes too."""
 PARTIAL_OR_CACHED: Final = ("Range", "If-Range", "If-None-Match", "If-Modified-Since")
 """Request fields that ask for a part of a document, or for none if the client's copy is
 current. A routed read drops them: a part cannot be inspected, and a 304 would let a client

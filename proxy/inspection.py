@@ -396,14 +396,14 @@ def _stricter(current: LinkVerdict, other: LinkVerdict) -> LinkVerdict:
 def _allowed(verdicts: Sequence[LinkVerdict]) -> dict[tuple[str | None, str, str, str], int]:
     """Link counts by metric labels when every verdict is a plain allow."""
     platforms = list(map(_PLATFORM, verdicts))
-    if platforms and platforms.count(platforms[0]) == len(platforms):
-        kinds = list(map(_KIND, verdicts))
-        if kinds.count(kinds[0]) == len(kinds):
-            # The usual message links one platform's items: comparison loops in C over shared
-            # objects, no tuple built or hashed per link.
-            return {(platforms[0], kinds[0], Action.ALLOW, Mode.ENFORCE): len(platforms)}
+    kinds = list(map(_KIND, verdicts))
+    if (platforms and platforms.count(platforms[0]) == len(platforms)
+            and kinds.count(kinds[0]) == len(kinds)):
+        # The usual message links one platform's items: comparison loops in C over shared
+        # objects, no tuple built or hashed per link.
+        return {(platforms[0], kinds[0], Action.ALLOW, Mode.ENFORCE): len(platforms)}
     return {(platform, kind, Action.ALLOW, Mode.ENFORCE): n
-            for (platform, kind), n in Counter(zip(platforms, map(_KIND, verdicts), strict=True)).items()}
+            for (platform, kind), n in Counter(zip(platforms, kinds, strict=True)).items()}
 
 
 def _audit_record(plan: ActionPlan, finding: Finding, request_id: str,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -65,6 +65,14 @@ def _unexpected(request: web.Request, exc: Exception) -> web.Response:
         return web.Response(status=499)
     return problem.render_unexpected(exc, instance=request.path,
                                      request_id=request.get(REQUEST_ID))
+
+
+def _without(headers: Mapping[str, str], names: Iterable[str]) -> CIMultiDict[str]:
+    """A copy of ``headers`` without any field named in ``names``."""
+    out = CIMultiDict(headers)
+    for name in names:
+        out.popall(name, None)
+    return out
 
 
 def _observe(metrics: ProxyMetrics, request: web.Request, status: int, started: float) -> None:
@@ -160,9 +168,7 @@ def policy_middleware(
             headers=request.headers, at=clock(), request_id=request_id,
         )
         if passage.edited:
-            edited = CIMultiDict(request.headers)
-            for name in ("Content-Encoding", *hdr.BODY_DIGESTS):
-                edited.popall(name, None)
+            edited = _without(request.headers, hdr.EDITED_BODY)
             edited["Content-Length"] = str(len(passage.data))
             request = request.clone(headers=edited)
         # aiohttp keeps a read body here; the handler's read()/json() return it.
@@ -176,10 +182,7 @@ def policy_middleware(
     async def read(request: web.Request, handler: Handler, route: RouteSpec,
                    request_id: str) -> web.StreamResponse:
         if any(name in request.headers for name in hdr.PARTIAL_OR_CACHED):
-            whole = CIMultiDict(request.headers)
-            for name in hdr.PARTIAL_OR_CACHED:
-                whole.popall(name, None)
-            request = request.clone(headers=whole)
+            request = request.clone(headers=_without(request.headers, hdr.PARTIAL_OR_CACHED))
         response = await handler(request)
         if (not isinstance(response, web.Response) or response.prepared
                 or not 200 <= response.status < 300
@@ -192,7 +195,7 @@ def policy_middleware(
         )
         if passage.edited:
             response.body = passage.data
-            for name in ("ETag", *hdr.BODY_DIGESTS):
+            for name in hdr.EDITED_ANSWER:
                 response.headers.popall(name, None)
         for name, value in passage.headers:
             response.headers.add(name, value)
