@@ -180,3 +180,52 @@ def test_any_compact_body_matches_the_walk(doc: object, repeat_key: bool, limit:
         data = b'{"dup":0,"dup":1,' + data[1:]
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert _outcome(data, limit) == _walked(data, limit, monkeypatch)
+
+
+# The fast path itself: one serialisation inside orjson's nesting limit --------------------------
+def test_orjson_nesting_limit_is_the_known_one() -> None:
+    assert intake._ORJSON_DEPTH == 254
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 63, 64, 65, 200, 252, 253])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_the_fast_path_takes_exactly_the_documents_within_the_limit(depth: int,
+                                                                      keyed: bool) -> None:
+    data = _nested(depth, b"1", keyed=keyed)
+    doc = orjson.loads(data)
+    assert intake._canonical_and_shallow(doc, data, depth)
+    assert intake._canonical_and_shallow(doc, data, 253)
+    assert not intake._canonical_and_shallow(doc, data, depth - 1)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":1}', b'[{"k":"v"},{"k":"w"}]', "{\"标题\":\"淘宝 [1]\"}".encode(),
+])
+def test_the_fast_path_takes_compact_bodies_only(data: bytes) -> None:
+    doc = orjson.loads(data)
+    assert intake._canonical_and_shallow(doc, data, 64)
+    spaced = data.replace(b":", b": ")
+    assert not intake._canonical_and_shallow(doc, spaced, 64)
+    assert not intake._canonical_and_shallow(doc, data + b" ", 64)
+    assert not intake._canonical_and_shallow(doc, data[:-1] + b" " + data[-1:], 64)
+
+
+def test_the_shared_wrappers_are_left_as_they_were() -> None:
+    parse_json(b'{"a":[1,2]}', max_depth=64)
+    node = intake._wrapped(254 - 64)
+    for _ in range(254 - 64):
+        assert type(node) is list
+        assert len(node) == 1
+        node = node[0]
+    assert node is intake._SLOT
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":[1,2]}', b'{"a":1,"a":2}', b"[" * 65 + b"]" * 65, b"[" * 64 + b"]" * 64,
+])
+def test_without_the_known_limit_the_walk_decides(data: bytes,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _outcome(data, 64)
+    monkeypatch.setattr(intake, "_ORJSON_DEPTH", None)
+    assert not intake._canonical_and_shallow(orjson.loads(data), data, 64)
+    assert _outcome(data, 64) == expected
