@@ -75,14 +75,13 @@ UNRESOLVED_RULE: Final = RuleId("unresolved-short-link")
 """The rule a short link is judged by when it could not be resolved in time (``Surface.unresolved``)."""
 
 _audit_log: Final = logging.getLogger(AUDIT_LOGGER)
-# attrgetters run in C, so the all-allow path below loops in C over decisions and verdicts.
+_Labels = tuple[str | None, str, str, str]
+"""A link count's metric labels: platform, kind, action, mode."""
+# attrgetters run in C, so the all-allow path below loops in C over decisions.
 _VERDICTS: Final = attrgetter("verdicts")
 _PENDING: Final = attrgetter("pending")
-_ACTION: Final = attrgetter("action")
 _HOST: Final = attrgetter("link.host")
-_PLATFORM: Final = attrgetter("platform")
-_KIND: Final = attrgetter("kind")
-_ALLOW_ONLY: Final = frozenset({Action.ALLOW})
+_TALLY: Final = attrgetter("tally")
 _SHORT_HOSTS_MAX: Final = 4096
 
 
@@ -206,16 +205,17 @@ class Inspector:
         seller = _seller(route, headers, doc)
         paths = self.paths_for(route)
         decisions = self.engine.decide_many(select_texts(doc, paths), surface, at, direction)
-        verdicts = list(chain.from_iterable(map(_VERDICTS, decisions)))
-        short = self._short_links(verdicts) if self.resolver is not None and verdicts else None
-        if not short and set(map(_ACTION, verdicts)) <= _ALLOW_ONLY:
+        counts = self._allowed(decisions)
+        if counts is not None:
             # The common case: nothing to act on, so no paths, no flags, no audit; and once
             # every rule is in force (the usual state), nothing can be pending either.
             pending = tuple(dict.fromkeys(chain.from_iterable(map(_PENDING, decisions)))) \
                 if self.engine.rulebook.pending_at(at) else ()
             plan = ActionPlan(route, seller, Action.ALLOW, (), (), pending)
-            self._record(plan, _allowed(verdicts), request_id, started)
+            self._record(plan, counts, request_id, started)
             return plan
+        verdicts = list(chain.from_iterable(map(_VERDICTS, decisions)))
+        short = self._short_links(verdicts) if self.resolver is not None else None
         return await self._inspect_paths(route, doc, seller, at, request_id, started, short)
 
     async def judge(
@@ -268,7 +268,7 @@ class Inspector:
         shadowed: list[Finding] = []
         unresolved: list[Finding] = []
         pending: dict[PendingRule, None] = {}
-        counts: Counter[tuple[str | None, str, str, str]] = Counter()
+        counts: Counter[_Labels] = Counter()
         for location, decision in zip(locations, decisions, strict=True):
             if not decision.verdicts:
                 continue
@@ -307,22 +307,33 @@ class Inspector:
         self._record(plan, counts, request_id, started)
         return plan
 
+    def _allowed(self, decisions: Sequence[Decision]) -> dict[_Labels, int] | None:
+        """Link counts by metric labels when every link is a plain allow and none is on a
+        shortener to resolve; None when the links must be gone through one by one."""
+        tallies = list(filter(None, map(_TALLY, decisions)))
+        if not tallies:
+            return {}
+        first = tallies[0]
+        # Equal tallies are one object, so the usual message (one platform's items) costs one
+        # identity comparison per text, in C; a mixed one is grouped by value.
+        groups = ({first: len(tallies)} if tallies.count(first) == len(tallies)
+                  else Counter(tallies))
+        resolving = self.resolver is not None
+        counts: dict[_Labels, int] = {}
+        for tally, times in groups.items():
+            for host, platform, kind, action, links in tally:
+                if action is not Action.ALLOW or (
+                    resolving and host is not None and self._short_host(host)
+                ):
+                    return None
+                labels = (platform, kind, Action.ALLOW, Mode.ENFORCE)
+                counts[labels] = counts.get(labels, 0) + links * times
+        return counts
+
     def _short_links(self, verdicts: Sequence[LinkVerdict]) -> list[str] | None:
-        """URLs of links on a shortener (``Engine.needs_resolution`` or the resolver's
-        ``handles``) that their own verdict does not already block; host by host, memoised."""
-        memo = self._short_hosts
-        short_hosts = []
-        for host in set(map(_HOST, verdicts)):
-            if host is None:
-                continue
-            known = memo.get(host)
-            if known is None:
-                known = self._is_shortener(host, verdicts)
-                if len(memo) >= _SHORT_HOSTS_MAX:
-                    memo.clear()  # hosts come from clients: keep the memo bounded
-                memo[host] = known
-            if known:
-                short_hosts.append(host)
+        """URLs of links on a shortener that their own verdict does not already block."""
+        short_hosts = {host for host in set(map(_HOST, verdicts))
+                       if host is not None and self._short_host(host)}
         if not short_hosts:
             return None
         return list(dict.fromkeys(
@@ -330,11 +341,18 @@ class Inspector:
             if v.link.host in short_hosts and v.link.url and v.action is not Action.BLOCK
         ))
 
-    def _is_shortener(self, host: str, verdicts: Sequence[LinkVerdict]) -> bool:
-        link = next(v.link for v in verdicts if v.link.host == host)
-        if self.engine.needs_resolution(link):
-            return True
-        return self.resolver is not None and self.resolver.handles(f"https://{host}/")
+    def _short_host(self, host: str) -> bool:
+        """Whether links on ``host`` are resolved first (``Engine.is_shortener`` or the
+        resolver's ``handles``); memoised, host by host."""
+        memo = self._short_hosts
+        known = memo.get(host)
+        if known is None:
+            known = self.engine.is_shortener(host) or (
+                self.resolver is not None and self.resolver.handles(f"https://{host}/"))
+            if len(memo) >= _SHORT_HOSTS_MAX:
+                memo.clear()  # hosts come from clients: keep the memo bounded
+            memo[host] = known
+        return known
 
     async def _resolve(
         self,
@@ -357,7 +375,7 @@ class Inspector:
     def _record(
         self,
         plan: ActionPlan,
-        counts: Mapping[tuple[str | None, str, str, str], int],
+        counts: Mapping[_Labels, int],
         request_id: str,
         started: float,
     ) -> None:
@@ -391,19 +409,6 @@ def _rank(action: Action) -> int:
 
 def _stricter(current: LinkVerdict, other: LinkVerdict) -> LinkVerdict:
     return other if other.action.rank > current.action.rank else current
-
-
-def _allowed(verdicts: Sequence[LinkVerdict]) -> dict[tuple[str | None, str, str, str], int]:
-    """Link counts by metric labels when every verdict is a plain allow."""
-    platforms = list(map(_PLATFORM, verdicts))
-    kinds = list(map(_KIND, verdicts))
-    if (platforms and platforms.count(platforms[0]) == len(platforms)
-            and kinds.count(kinds[0]) == len(kinds)):
-        # The usual message links one platform's items: comparison loops in C over shared
-        # objects, no tuple built or hashed per link.
-        return {(platforms[0], kinds[0], Action.ALLOW, Mode.ENFORCE): len(platforms)}
-    return {(platform, kind, Action.ALLOW, Mode.ENFORCE): n
-            for (platform, kind), n in Counter(zip(platforms, kinds, strict=True)).items()}
 
 
 def _audit_record(plan: ActionPlan, finding: Finding, request_id: str,

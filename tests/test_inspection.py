@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from proxy import headers as hdr
 from proxy.config import Limits
@@ -508,3 +509,67 @@ async def test_plan_is_the_strictest_decision(
     assert plan.action is strictest
     assert pointers(plan.enforced) == offending
     assert (plan.shadowed, plan.pending) == ((), ())
+
+
+# The quick allow path (decision tallies) against the link-by-link path ---------------------------
+
+SHORT = "https://t.cn/AbCdE"
+QUICK_POOL = (TAOBAO, JD, JD_SHOP, OWN, ELSEWHERE, SHORT, "https://bit.ly/x1")
+
+
+TITLES = [("", 0), ("京东好物", 0), (f"看看 {JD}", 1), (f"{JD} 和 {JD} 和 {JD_SHOP}", 3)]
+"""A top-level title (seen by routes that scan every string) and the links it holds."""
+
+
+class ToJD:
+    """A resolver for ``t.cn`` links only, each leading to a JD item."""
+
+    def handles(self, url: str) -> bool:
+        return URL(url).host == "t.cn"
+
+    async def resolve_many(self, urls: Iterable[str]) -> dict[str, str | None]:
+        return {url: JD for url in urls}
+
+
+def link_samples(registry: CollectorRegistry) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(sample.labels.items())): sample.value
+            for metric in registry.collect() for sample in metric.samples
+            if sample.name == LINKS}
+
+
+async def plan_and_counts(engine: Engine, route: RouteSpec, doc: object, *, quick: bool,
+                          resolving: bool) -> tuple[ActionPlan, dict[Any, float]]:
+    registry = CollectorRegistry()
+    inspector = Inspector(engine, StaticFlags(engine.policy), metrics=ProxyMetrics(registry),
+                          resolver=ToJD() if resolving else None)
+    if not quick:
+        inspector._allowed = lambda decisions: None  # type: ignore[method-assign]
+    plan = await inspect(inspector, route, doc)
+    return plan, link_samples(registry)
+
+
+@settings(deadline=None, max_examples=200)
+@given(urls=st.lists(st.sampled_from(QUICK_POOL), max_size=8), resolving=st.booleans(),
+       data=st.data())
+async def test_the_quick_allow_path_agrees_with_the_link_by_link_path(
+    engine: Engine, urls: list[str], resolving: bool, data: st.DataObject
+) -> None:
+    route = data.draw(st.sampled_from([r for r in engine.policy.routes if carries_items(r)]),
+                      label="route")
+    title, in_title = data.draw(st.sampled_from(TITLES), label="title")
+    doc = cart(*urls, title=title)
+    quick = await plan_and_counts(engine, route, doc, quick=True, resolving=resolving)
+    assert quick == await plan_and_counts(engine, route, doc, quick=False, resolving=resolving)
+    assert sum(quick[1].values()) == len(urls) + in_title * ("**" in route.links)
+
+
+async def test_a_short_link_is_resolved_not_passed_quickly(engine: Engine) -> None:
+    route = route_of(engine, "live-cart-add")
+    plan, counts = await plan_and_counts(engine, route, cart(OWN, SHORT), quick=True,
+                                         resolving=True)
+    assert plan.action is Action.BLOCK  # t.cn leads to a JD item: blocked in the live cart
+    assert pointers(plan.enforced) == ["/items/1/url"]
+    jd_blocked = tuple(sorted(link_labels("livestream_cart", "jd", "item", "block").items()))
+    assert counts[jd_blocked] == 1
+    plan, _ = await plan_and_counts(engine, route, cart(OWN, SHORT), quick=True, resolving=False)
+    assert plan.action is Action.ALLOW

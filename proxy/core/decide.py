@@ -9,6 +9,7 @@ reported as pending, so clients can warn sellers of what is coming.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from proxy.core.model import (
     Direction,
     LayerMatch,
     Link,
+    LinkCount,
     LinkKind,
     LinkVerdict,
     PendingRule,
@@ -31,8 +33,10 @@ __all__ = ["RuleBook", "decide", "decide_checked", "require_aware"]
 
 _VerdictFields = tuple[Action, PlatformId | None, LinkKind, RuleId | None, str | None]
 _Outcome = tuple[_VerdictFields, tuple[tuple[tuple[str, str], PendingRule], ...]]
+_Tally = tuple[LinkCount, ...]
 _MAX_OUTCOMES = 4096
-_NO_LINKS = Decision(Action.ALLOW, None, None, (), ())
+_MAX_TALLIES = 4096
+_NO_LINKS = Decision(Action.ALLOW, None, None, (), (), ())
 """The decision for every input without a link (most titles and descriptions): one shared
 object, so the engine's memo holds one per such text and not five fields each."""
 
@@ -68,6 +72,8 @@ class RuleBook:
         )
         self.outcomes: dict[tuple[object, ...], _Outcome] = {}
         """Per-link outcomes by (matches, surface, direction, instant); see ``_judge``."""
+        self.tallies: dict[_Tally, _Tally] = {}
+        """Every distinct ``Decision.tally`` met lately, so equal ones are one object."""
 
     def candidates(self, platform: PlatformId, surface: SurfaceId) -> tuple[Rule, ...]:
         return self._index.get((platform, surface), ())
@@ -146,10 +152,29 @@ def decide_checked(
             rank = verdict.action.rank
             if rank > top:
                 strictest, top = verdict, rank
+    tally = _tally(verdicts, book.tallies)
     if strictest is None:
-        return Decision(Action.ALLOW, first, None, tuple(verdicts), tuple(pending.values()))
+        return Decision(Action.ALLOW, first, None, tuple(verdicts), tuple(pending.values()), tally)
     return Decision(strictest.action, strictest.platform, strictest.rule, tuple(verdicts),
-                    tuple(pending.values()))
+                    tuple(pending.values()), tally)
+
+
+def _tally(verdicts: Sequence[LinkVerdict], interned: dict[_Tally, _Tally]) -> _Tally:
+    """``verdicts`` counted by host, platform, kind and action: the one equal tally met before,
+    when there is one."""
+    if len(verdicts) == 1:
+        only = verdicts[0]
+        tally: _Tally = (LinkCount(only.link.host, only.platform, only.kind, only.action, 1),)
+    else:
+        counts = Counter((v.link.host, v.platform, v.kind, v.action) for v in verdicts)
+        tally = tuple(LinkCount(*labels, links) for labels, links in counts.items())
+    known = interned.get(tally)
+    if known is not None:
+        return known
+    if len(interned) >= _MAX_TALLIES:
+        interned.clear()
+    interned[tally] = tally
+    return tally
 
 
 def _outcome(

@@ -240,6 +240,15 @@ _IS_STR: Final = frozenset({str}).__contains__
 
 def _strings_in(nodes: list[Any], out: list[str]) -> None:
     """Every string among ``nodes`` or anywhere below them, a whole level at a time."""
+    try:
+        # The usual level is strings only (every item's url): str.join checks them all in
+        # one C-level pass, a third of the cost of listing and counting their types.
+        "".join(nodes)
+    except TypeError:
+        pass
+    else:
+        out.extend(nodes)
+        return
     while nodes:
         kinds = list(map(type, nodes))
         if kinds.count(str) == len(kinds):

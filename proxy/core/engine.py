@@ -76,11 +76,15 @@ class Engine:
 
     def needs_resolution(self, link: Link) -> bool:
         """Whether ``link`` goes through a generic shortener the policy says to resolve."""
-        if link.host is None or not self.policy.shorteners:
+        return link.host is not None and self.is_shortener(link.host)
+
+    def is_shortener(self, host: str) -> bool:
+        """Whether ``host`` is (on) a generic shortener the policy says to resolve."""
+        if not self.policy.shorteners:
             return False
-        if link.host in self.policy.shorteners:
+        if host in self.policy.shorteners:
             return True
-        return self._domains.lookup(link.host).registrable in self.policy.shorteners
+        return self._domains.lookup(host).registrable in self.policy.shorteners
 
     def decide(
         self,

@@ -134,6 +134,16 @@ class LinkVerdict(NamedTuple):
     """For ``rewrite``: the replacement URL, its template already filled in."""
 
 
+class LinkCount(NamedTuple):
+    """How many of a decision's links share a host, platform, kind and action."""
+
+    host: str | None
+    platform: PlatformId | None
+    kind: LinkKind
+    action: Action
+    links: int
+
+
 class PendingRule(NamedTuple):
     """A rule that would apply to a link here but is not in force yet."""
 
@@ -152,6 +162,11 @@ class Decision(NamedTuple):
     rule: RuleId | None
     verdicts: tuple[LinkVerdict, ...]
     pending: tuple[PendingRule, ...]
+    tally: tuple[LinkCount, ...]
+    """The verdicts counted by host, platform, kind and action, in the order first met. Equal
+    tallies are one shared object (while the rule book's bound allows), so the decisions of a
+    whole message are summed by comparing tallies by identity, in C, without a look at each
+    link (``Inspector.inspect``)."""
 
     @property
     def offending(self) -> tuple[LinkVerdict, ...]:

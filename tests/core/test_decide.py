@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.core import decide as decide_module
 from proxy.core.decide import RuleBook, decide
 from proxy.core.model import (
     Action,
@@ -17,6 +19,7 @@ from proxy.core.model import (
     Evidence,
     LayerMatch,
     Link,
+    LinkCount,
     LinkKind,
     PlatformId,
     SurfaceId,
@@ -120,7 +123,7 @@ def test_response_direction_uses_response_action_and_fills_target(book: RuleBook
 @pytest.mark.parametrize("at", [BEFORE, CUTOFF, AFTER], ids=["before", "at", "after"])
 def test_no_links_is_allow(book: RuleBook, surface: str, at: datetime) -> None:
     decision = decide([], SurfaceId(surface), at, book)
-    assert decision == (Action.ALLOW, None, None, (), ())
+    assert decision == (Action.ALLOW, None, None, (), (), ())
     # One shared object for every link-free input: the engine's memo keeps one per such text.
     assert decide((), SurfaceId(surface), at, book, Direction.RESPONSE) is decision
 
@@ -163,3 +166,79 @@ def test_cutoff_is_inclusive_in_every_zone(at: datetime) -> None:
     policy = parse_policy(yaml.safe_load(SHIPPED.read_text(encoding="utf-8")), "p")
     decision = decide([link_to("taobao")], SurfaceId("livestream_cart"), at, RuleBook(policy.rules))
     assert (decision.action is Action.BLOCK) == (at >= CUTOFF)
+
+
+# Decision.tally: the verdicts counted by host, platform, kind and action --------------------------
+def link_on(host: str, platform: str | None, kind: LinkKind = LinkKind.ITEM) -> Link:
+    """A link on ``host``, of ``platform`` (None: an unknown site)."""
+    matches = () if platform is None else (
+        LayerMatch(PlatformId(platform), kind, Evidence(0, host, "test")),)
+    return Link(f"https://{host}/p", 0, 1, f"https://{host}/p", host, matches)
+
+
+JD_ITEM = ("item.jd.com", "jd")
+JD_SHOP = ("mall.jd.com", "jd", LinkKind.SHOP)
+TAOBAO_ITEM = ("item.taobao.com", "taobao")
+OTHER = ("example.org", None)
+
+TALLIES = [
+    ("one", [JD_ITEM], "short_video_cart",
+     [("item.jd.com", "jd", LinkKind.ITEM, Action.ALLOW, 1)]),
+    ("repeated", [JD_ITEM, JD_ITEM, JD_ITEM], "short_video_cart",
+     [("item.jd.com", "jd", LinkKind.ITEM, Action.ALLOW, 3)]),
+    ("first-met-order", [TAOBAO_ITEM, JD_ITEM, TAOBAO_ITEM, OTHER], "short_video_cart",
+     [("item.taobao.com", "taobao", LinkKind.ITEM, Action.BLOCK, 2),
+      ("item.jd.com", "jd", LinkKind.ITEM, Action.ALLOW, 1),
+      ("example.org", None, LinkKind.PAGE, Action.ALLOW, 1)]),
+    ("kinds-apart", [JD_ITEM, JD_SHOP, JD_ITEM], "short_video_cart",
+     [("item.jd.com", "jd", LinkKind.ITEM, Action.ALLOW, 2),
+      ("mall.jd.com", "jd", LinkKind.SHOP, Action.ALLOW, 1)]),
+    ("actions-apart", [JD_ITEM, JD_ITEM], "livestream_cart",
+     [("item.jd.com", "jd", LinkKind.ITEM, Action.BLOCK, 2)]),
+]
+
+
+@pytest.mark.parametrize(("links", "surface", "expected"), [t[1:] for t in TALLIES],
+                         ids=[t[0] for t in TALLIES])
+def test_tally_counts_the_verdicts(book: RuleBook, links: list[tuple[Any, ...]], surface: str,
+                                  expected: list[tuple[Any, ...]]) -> None:
+    decision = decide([link_on(*link) for link in links], SurfaceId(surface), AFTER, book)
+    assert decision.tally == tuple(LinkCount(*count) for count in expected)
+
+
+@given(st.lists(st.sampled_from([JD_ITEM, JD_SHOP, TAOBAO_ITEM, OTHER, ("t.cn", None)]),
+                min_size=1, max_size=12),
+       st.sampled_from(["livestream_cart", "short_video_cart", "product_detail"]))
+def test_tally_is_the_verdicts_grouped(links: list[tuple[Any, ...]], surface: str) -> None:
+    policy = parse_policy(yaml.safe_load(SHIPPED.read_text(encoding="utf-8")), "p")
+    decision = decide([link_on(*link) for link in links], SurfaceId(surface), AFTER,
+                      RuleBook(policy.rules))
+    grouped: dict[tuple[Any, ...], int] = {}
+    for verdict in decision.verdicts:
+        labels = (verdict.link.host, verdict.platform, verdict.kind, verdict.action)
+        grouped[labels] = grouped.get(labels, 0) + 1
+    assert decision.tally == tuple(LinkCount(*labels, n) for labels, n in grouped.items())
+    assert sum(count.links for count in decision.tally) == len(links)
+
+
+def test_equal_tallies_are_one_object(book: RuleBook) -> None:
+    surface = SurfaceId("short_video_cart")
+    one = decide([link_on(*JD_ITEM)], surface, AFTER, book)
+    other = link_on(*JD_ITEM)._replace(text="elsewhere", url="https://item.jd.com/2.html")
+    two = decide([other], surface, AFTER, book)
+    assert one.verdicts != two.verdicts
+    assert one.tally is two.tally
+    assert decide([link_on(*JD_SHOP)], surface, AFTER, book).tally is not one.tally
+
+
+def test_tallies_kept_are_bounded(policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decide_module, "_MAX_TALLIES", 3)
+    book = RuleBook(policy.rules)
+    surface = SurfaceId("short_video_cart")
+    first = decide([link_on("h0.example", None)], surface, AFTER, book).tally
+    for i in range(1, 10):
+        decide([link_on(f"h{i}.example", None)], surface, AFTER, book)
+        assert len(book.tallies) <= 3
+    again = decide([link_on("h0.example", None)], surface, AFTER, book).tally
+    assert again == first
+    assert again is not first  # forgotten past the bound, and met anew
