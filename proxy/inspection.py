@@ -8,6 +8,10 @@ have happened (the message goes on unchanged, with a ``Link-Policy-Shadow`` head
 acts. For a response, ``block`` cannot refuse what is already published, so it strips instead.
 Short links of hosts the resolver ``handles`` are resolved first (one batch per message) and
 judged by where they lead. Metrics and one audit line per non-allow finding are emitted here.
+
+Most messages have nothing to act on: they are checked and counted from the decisions' tallies
+(``Decision.tally``, shared between equal decisions), without a look at each link; a message
+with any link to act on, or to resolve first, is gone through link by link.
 """
 
 from __future__ import annotations
