@@ -86,15 +86,24 @@ async def stream_through(
         response.release()
 
 
+def _answer_fields(request: web.Request, response: Response,
+                   extra: tuple[tuple[str, str], ...], drop: tuple[str, ...] = ()
+                   ) -> list[tuple[str, str]]:
+    """The client's answer fields: the cart service's end-to-end ones less ``drop``, then
+    ``extra`` (the policy's reports) and the proxy's own ``X-Request-Id``."""
+    headers = hdr.downstream_fields(response.headers, drop=drop)
+    headers += extra
+    headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))
+    return headers
+
+
 async def _relay(
     request: web.Request,
     services: Services,
     response: Response,
     extra: tuple[tuple[str, str], ...],
 ) -> web.StreamResponse:
-    headers = hdr.downstream_fields(response.headers)
-    headers += extra
-    headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))
+    headers = _answer_fields(request, response, extra)
     length = response.content_length
     if length is not None and length <= _SMALL and request.method != "HEAD":
         # A small body of known length: one read and one plain response cost fewer loop turns
@@ -178,10 +187,7 @@ async def _routed_read(
         published_body(raw, encoding=response.headers.get("Content-Encoding"), limits=limits),
         headers=request.headers, at=services.clock(), request_id=request[REQUEST_ID],
     )
-    headers = hdr.downstream_fields(
-        response.headers, drop=_NEW_ANSWER if passage.edited else _ANSWER_AS_SENT
-    )
-    headers += passage.headers
-    headers.append((hdr.REQUEST_ID, request[REQUEST_ID]))
+    headers = _answer_fields(request, response, passage.headers,
+                             drop=_NEW_ANSWER if passage.edited else _ANSWER_AS_SENT)
     return web.Response(status=response.status, reason=response.reason, body=passage.data,
                         headers=headers)
