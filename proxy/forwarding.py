@@ -22,8 +22,8 @@ from proxy import intake
 from proxy.config import NonJSON
 from proxy.core.model import Direction
 from proxy.core.policy import RouteSpec
-from proxy.errors import UnsupportedMediaType, UpstreamError
-from proxy.inspection import published_body
+from proxy.errors import UpstreamError
+from proxy.inspection import not_json, published_body
 from proxy.metrics import PASSTHROUGH_ROUTE
 from proxy.services import REQUEST_ID, ROUTE, SERVICES, Services
 from proxy.upstream import Body, Response
@@ -140,10 +140,7 @@ async def _routed_write(
     if not intake.is_json(content_type):
         if limits.non_json == NonJSON.PASS:
             return await stream_through(request, services, route.id)
-        raise UnsupportedMediaType(
-            f"{route.method} {route.path} publishes links and must carry JSON "
-            f"(application/json); got {content_type or 'no Content-Type'}"
-        )
+        raise not_json(route, content_type)
     passage = await services.inspector.judge(
         route,
         await intake.read_json(

@@ -55,7 +55,7 @@ from proxy.core.model import (
     SurfaceId,
 )
 from proxy.core.policy import RouteSpec
-from proxy.errors import InputError, PolicyBlocked, UpstreamError
+from proxy.errors import InputError, PolicyBlocked, UnsupportedMediaType, UpstreamError
 from proxy.flags import FlagSource
 from proxy.intake import Body, parse_body
 from proxy.logs import AUDIT_LOGGER, AuditRecord, audit
@@ -70,6 +70,7 @@ __all__ = [
     "Outcome",
     "Passage",
     "blocked",
+    "not_json",
     "plan_outcome",
     "published_body",
     "serialise",
@@ -432,6 +433,14 @@ def serialise(doc: Any) -> bytes:
     except TypeError:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"),
                           allow_nan=False).encode("utf-8")
+
+
+def not_json(route: RouteSpec, content_type: str | None) -> UnsupportedMediaType:
+    """The 415 problem for a write on ``route`` that does not carry JSON."""
+    return UnsupportedMediaType(
+        f"{route.method} {route.path} publishes links and must carry JSON "
+        f"(application/json); got {content_type or 'no Content-Type'}"
+    )
 
 
 def blocked(plan: ActionPlan) -> PolicyBlocked:

@@ -39,9 +39,9 @@ from proxy.core.engine import Engine
 from proxy.core.model import Direction
 from proxy.core.policy import RouteSpec
 from proxy.core.routes import RouteTable
-from proxy.errors import ClientFacingError, InputError, UnsupportedMediaType
+from proxy.errors import ClientFacingError, InputError
 from proxy.flags import FlagSource, StaticFlags
-from proxy.inspection import Inspector, published_body
+from proxy.inspection import Inspector, not_json, published_body
 from proxy.metrics import PASSTHROUGH_ROUTE, ProxyMetrics
 from proxy.services import REQUEST_ID, ROUTE, Clock, system_clock
 
@@ -149,10 +149,7 @@ def policy_middleware(
         if not intake.is_json(content_type):
             if limits.non_json == NonJSON.PASS:
                 return await handler(request)
-            raise UnsupportedMediaType(
-                f"{route.method} {route.path} publishes links and must carry JSON "
-                f"(application/json); got {content_type or 'no Content-Type'}"
-            )
+            raise not_json(route, content_type)
         encoding = request.headers.get("Content-Encoding")
         passage = await inspector.judge(
             route,
