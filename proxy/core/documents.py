@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
+from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 from proxy.core.model import StripMode
@@ -262,23 +263,36 @@ def _strings_in(nodes: list[Any], out: list[str]) -> None:
 
 
 def _wildcard(nodes: list[Any]) -> list[Any]:
-    """Every member of every array and object among ``nodes``."""
+    """Every member of every array and object among ``nodes`` (the array itself when it is
+    the only node: the walkers only read what they are given)."""
+    if len(nodes) == 1 and type(nodes[0]) is list:
+        return nodes[0]
     return list(chain.from_iterable(
         [n.values() if type(n) is dict else n for n in nodes if type(n) is dict or type(n) is list]
     ))
 
 
-def _members(nodes: list[Any], kinds: list[type], token: str, index: int | None) -> list[Any]:
-    """Member ``token`` of each object (and, for a digit token, item ``index`` of each array);
-    ``kinds`` is ``[type(n) for n in nodes]``, or empty when every node is an object.
+def _members(nodes: list[Any], token: str, index: int | None, member: Callable[[Any], Any]
+             ) -> list[Any]:
+    """Member ``token`` of each object among ``nodes`` (and, for a digit token, item ``index``
+    of each array); ``member`` is ``itemgetter(token)``.
 
-    A None (missing or null) or any other empty value selects nothing: it holds no string.
+    Empty values (a missing member, null, "") may be left out or kept: they hold no string,
+    and the walkers below skip them.
     """
-    if not kinds:
-        # dict.get through map: one C-level loop for the common array of objects.
+    try:
+        # The usual array of items, every one holding the member: one C-level loop.
+        return list(map(member, nodes))
+    except (KeyError, TypeError):
+        pass
+    try:
+        # Objects only, some without the member (dict.get refuses anything else).
         return list(filter(None, map(dict.get, nodes, repeat(token, len(nodes)))))
+    except TypeError:
+        pass
     found: list[Any] = []
-    for node, kind in zip(nodes, kinds, strict=True):
+    for node in nodes:
+        kind = type(node)
         if kind is dict:
             value = node.get(token)
             if value:
@@ -292,26 +306,21 @@ def _compile_texts(trie: _Trie) -> _Walker:
     if trie.leaf:
         return _strings_in
     wildcard: _Walker | None = None
-    members: list[tuple[str, int | None, _Walker]] = []
+    members: list[tuple[str, int | None, Callable[[Any], Any], _Walker]] = []
     for token, child in trie.children:
         below = _compile_texts(child)
         if token == WILDCARD:
             wildcard = below
         else:
             members.append((token, int(token) if token.isascii() and token.isdigit() else None,
-                            below))
+                            itemgetter(token), below))
     steps = tuple(members)
 
     def walk(nodes: list[Any], out: list[str]) -> None:
         if wildcard is not None and (found := _wildcard(nodes)):
             wildcard(found, out)
-        if not steps:
-            return
-        kinds = list(map(type, nodes))
-        if kinds.count(dict) == len(kinds):
-            kinds = []
-        for token, index, below in steps:
-            if found := _members(nodes, kinds, token, index):
+        for token, index, member, below in steps:
+            if found := _members(nodes, token, index, member):
                 below(found, out)
 
     return walk

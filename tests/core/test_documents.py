@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -85,6 +86,29 @@ def test_select_texts_finds_what_select_finds(paths: list[str],
     assert sorted(select_texts(DOC, compile_paths(paths))) == sorted(t for _, t in expected)
 
 
+MEMBERS = [  # each way a member is found: in every object, in some, among other values
+    ({"items": [{"url": "a"}, {"url": "b"}]}, ["/items/*/url"], ["a", "b"]),
+    ({"items": [{"url": "a"}, {"title": "t"}, {"url": None}]}, ["/items/*/url"], ["a"]),
+    ({"items": [{"url": "a"}, "u", ["x"], None, 3, {"url": ["b", {"c": "d"}]}]},
+     ["/items/*/url"], ["a", "b", "d"]),
+    ({"items": [["a", "b"], {"0": "c"}, [], "0"]}, ["/items/*/0"], ["a", "c"]),
+    ({"items": [{"url": "", "title": "t"}]}, ["/items/*/url", "/items/*/title"], ["t"]),
+    ({"items": ["a", {"b": "c"}]}, ["/items/*"], ["a", "c"]),
+]
+
+
+@pytest.mark.parametrize(("doc", "paths", "expected"), MEMBERS,
+                         ids=[repr(d)[:40] for d, _, _ in MEMBERS])
+def test_select_texts_takes_members_wherever_they_are(
+    doc: dict[str, Any], paths: list[str], expected: list[str]
+) -> None:
+    before = copy.deepcopy(doc)
+    compiled = compile_paths(paths)
+    assert sorted(t for t in select_texts(doc, compiled) if t) == expected
+    assert [loc.text for loc in select(doc, compiled) if loc.text] == expected
+    assert doc == before
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.sampled_from(["", "x", "u1", "0"]),
     lambda inner: st.lists(inner, max_size=3)
@@ -102,5 +126,7 @@ _PATHS = st.lists(
 def test_select_texts_is_select_without_paths(doc: object, paths: list[str]) -> None:
     """The same strings, counted per location, empty ones aside (they hold no link)."""
     compiled = compile_paths(paths)
+    before = copy.deepcopy(doc)
     assert sorted(t for t in select_texts(doc, compiled) if t) == \
         sorted(loc.text for loc in select(doc, compiled) if loc.text)
+    assert doc == before  # the walkers only read (one of them is handed the doc's own array)
