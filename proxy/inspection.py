@@ -10,8 +10,9 @@ Short links of hosts the resolver ``handles`` are resolved first (one batch per 
 judged by where they lead. Metrics and one audit line per non-allow finding are emitted here.
 
 Most messages have nothing to act on: they are checked and counted from the decisions' tallies
-(``Decision.tally``, shared between equal decisions), without a look at each link; a message
-with any link to act on, or to resolve first, is gone through link by link.
+(``Decision.tally``, shared between equal decisions, looked up by text with
+``Engine.tallies_many``), without a look at each link or decision; a message with any link to
+act on, or to resolve first, is gone through link by link.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from proxy.core.documents import (
     select,
     select_texts,
 )
-from proxy.core.engine import Engine
+from proxy.core.engine import Engine, Tally
 from proxy.core.model import (
     Action,
     Decision,
@@ -86,7 +87,6 @@ _Labels = tuple[str | None, str, str, str]
 _VERDICTS: Final = attrgetter("verdicts")
 _PENDING: Final = attrgetter("pending")
 _HOST: Final = attrgetter("link.host")
-_TALLY: Final = attrgetter("tally")
 _SHORT_HOSTS_MAX: Final = 4096
 
 
@@ -208,17 +208,18 @@ class Inspector:
         started = time.perf_counter()
         surface, direction = route.surface, route.direction
         seller = _seller(route, headers, doc)
-        paths = self.paths_for(route)
-        decisions = self.engine.decide_many(select_texts(doc, paths), surface, at, direction)
-        counts = self._allowed(decisions)
+        texts = select_texts(doc, self.paths_for(route))
+        counts = self._allowed(self.engine.tallies_many(texts, surface, at, direction))
         if counts is not None:
             # The common case: nothing to act on, so no paths, no flags, no audit; and once
             # every rule is in force (the usual state), nothing can be pending either.
-            pending = tuple(dict.fromkeys(chain.from_iterable(map(_PENDING, decisions)))) \
-                if self.engine.rulebook.pending_at(at) else ()
+            pending = tuple(dict.fromkeys(chain.from_iterable(map(
+                _PENDING, self.engine.decide_many(texts, surface, at, direction)
+            )))) if self.engine.rulebook.pending_at(at) else ()
             plan = ActionPlan(route, seller, Action.ALLOW, (), (), pending)
             self._record(plan, counts, request_id, started)
             return plan
+        decisions = self.engine.decide_many(texts, surface, at, direction)
         verdicts = list(chain.from_iterable(map(_VERDICTS, decisions)))
         short = self._short_links(verdicts) if self.resolver is not None else None
         return await self._inspect_paths(route, doc, seller, at, request_id, started, short)
@@ -312,10 +313,10 @@ class Inspector:
         self._record(plan, counts, request_id, started)
         return plan
 
-    def _allowed(self, decisions: Sequence[Decision]) -> dict[_Labels, int] | None:
-        """Link counts by metric labels when every link is a plain allow and none is on a
-        shortener to resolve; None when the links must be gone through one by one."""
-        tallies = list(filter(None, map(_TALLY, decisions)))
+    def _allowed(self, tallies: Sequence[Tally]) -> dict[_Labels, int] | None:
+        """Link counts by metric labels when every link of the tallies is a plain allow and
+        none is on a shortener to resolve; None when the links must be gone through one by one."""
+        tallies = list(filter(None, tallies))
         if not tallies:
             return {}
         first = tallies[0]

@@ -4,6 +4,7 @@ before, exactly at and after the cutoff."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -196,6 +197,62 @@ def test_decide_many_matches_decide(engine: Engine) -> None:
     surface = SurfaceId("livestream_cart")
     for at in INSTANTS.values():
         assert engine.decide_many(texts, surface, at) == [engine.decide(t, surface, at) for t in texts]
+
+
+MESSAGE_TEXTS = [v["input"] for v in VECTORS] + ["京东好物 1 限时特价", "", "plain title"]
+
+
+@pytest.mark.parametrize("direction", list(Direction))
+@pytest.mark.parametrize("surface", SURFACES)
+def test_tallies_many_are_the_tallies_of_decide_many(
+    engine: Engine, surface: str, direction: Direction
+) -> None:
+    for at in INSTANTS.values():
+        expected = [d.tally for d in engine.decide_many(MESSAGE_TEXTS, SurfaceId(surface), at,
+                                                        direction)]
+        assert engine.tallies_many(MESSAGE_TEXTS, SurfaceId(surface), at, direction) == expected
+
+
+def test_tallies_many_without_rules_to_time() -> None:
+    """No rule start instants: nothing is memoised by epoch, every text is decided."""
+    ruleless = build_engine(replace(load_policy(), rules=()))
+    surface = SurfaceId("livestream_cart")
+    assert not ruleless.rulebook.boundaries
+    tallies = ruleless.tallies_many(MESSAGE_TEXTS, surface, INSTANTS["after"])
+    assert tallies == [d.tally for d in ruleless.decide_many(MESSAGE_TEXTS, surface,
+                                                              INSTANTS["after"])]
+    assert {c.action for tally in tallies for c in tally} == {Action.ALLOW}
+    assert not ruleless._tables
+
+
+_CALLS = st.lists(
+    st.tuples(st.booleans(), st.sampled_from(SURFACES), st.sampled_from(list(INSTANTS)),
+              st.lists(st.integers(min_value=0, max_value=11), max_size=6)),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=_CALLS)
+def test_tallies_stay_within_the_memo_and_agree_with_a_fresh_engine(
+    engine: Engine, calls: list[tuple[bool, str, str, list[int]]]
+) -> None:
+    """Any mix of tally and decision lookups on a small memo: the tallies are forgotten with
+    their decisions (never more of them, never a text the decisions no longer hold), and what is
+    answered is what an engine without history answers."""
+    small = build_engine(load_policy(), memo_size=5)
+    for tallies_first, surface, when, ids in calls:
+        texts = [f"https://item.{'jd' if i % 2 else 'taobao'}.com/{i}.html" if i < 10
+                 else "京东好物 限时特价" for i in ids]
+        at, where = INSTANTS[when], SurfaceId(surface)
+        if tallies_first:
+            got = small.tallies_many(texts, where, at)
+        else:
+            got = [d.tally for d in small.decide_many(texts, where, at)]
+        assert got == engine.tallies_many(texts, where, at)
+        assert sum(map(len, small._tables.values())) <= 5
+        for table in small._tables.values():
+            assert set(table.tallies) <= set(table)
 
 
 def test_link_free_texts_share_one_decision(engine: Engine) -> None:
