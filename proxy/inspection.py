@@ -44,7 +44,7 @@ from proxy.core.documents import (
     select,
     select_texts,
 )
-from proxy.core.engine import Engine, Tally
+from proxy.core.engine import Engine
 from proxy.core.model import (
     Action,
     Decision,
@@ -54,6 +54,7 @@ from proxy.core.model import (
     PendingRule,
     RuleId,
     SurfaceId,
+    Tally,
 )
 from proxy.core.policy import RouteSpec
 from proxy.errors import InputError, PolicyBlocked, UnsupportedMediaType, UpstreamError

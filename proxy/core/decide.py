@@ -26,6 +26,7 @@ from proxy.core.model import (
     PlatformId,
     RuleId,
     SurfaceId,
+    Tally,
 )
 from proxy.core.policy import Rule
 
@@ -33,7 +34,6 @@ __all__ = ["RuleBook", "decide", "decide_checked", "require_aware"]
 
 _VerdictFields = tuple[Action, PlatformId | None, LinkKind, RuleId | None, str | None]
 _Outcome = tuple[_VerdictFields, tuple[tuple[tuple[str, str], PendingRule], ...]]
-_Tally = tuple[LinkCount, ...]
 _MAX_OUTCOMES = 4096
 _MAX_TALLIES = 4096
 _NO_LINKS = Decision(Action.ALLOW, None, None, (), (), ())
@@ -72,7 +72,7 @@ class RuleBook:
         )
         self.outcomes: dict[tuple[object, ...], _Outcome] = {}
         """Per-link outcomes by (matches, surface, direction, instant); see ``_judge``."""
-        self.tallies: dict[_Tally, _Tally] = {}
+        self.tallies: dict[Tally, Tally] = {}
         """Every distinct ``Decision.tally`` met lately, so equal ones are one object."""
 
     def candidates(self, platform: PlatformId, surface: SurfaceId) -> tuple[Rule, ...]:
@@ -159,12 +159,12 @@ def decide_checked(
                     tuple(pending.values()), tally)
 
 
-def _tally(verdicts: Sequence[LinkVerdict], interned: dict[_Tally, _Tally]) -> _Tally:
+def _tally(verdicts: Sequence[LinkVerdict], interned: dict[Tally, Tally]) -> Tally:
     """``verdicts`` counted by host, platform, kind and action: the one equal tally met before,
     when there is one."""
     if len(verdicts) == 1:
         only = verdicts[0]
-        tally: _Tally = (LinkCount(only.link.host, only.platform, only.kind, only.action, 1),)
+        tally: Tally = (LinkCount(only.link.host, only.platform, only.kind, only.action, 1),)
     else:
         counts = Counter((v.link.host, v.platform, v.kind, v.action) for v in verdicts)
         tally = tuple(LinkCount(*labels, links) for labels, links in counts.items())

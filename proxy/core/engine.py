@@ -29,7 +29,7 @@ from typing import Final
 from proxy.core.classify import Classifier
 from proxy.core.decide import RuleBook, decide, decide_checked
 from proxy.core.domains import DomainIndex
-from proxy.core.model import Decision, Direction, Link, LinkCount, SurfaceId
+from proxy.core.model import Decision, Direction, Link, SurfaceId, Tally
 from proxy.core.policy import Policy
 from proxy.core.textscan import TextScanner
 from proxy.core.urls import URLParser
@@ -37,7 +37,6 @@ from proxy.core.urls import URLParser
 __all__ = ["DEFAULT_MEMO_SIZE", "Engine"]
 
 _TableKey = tuple[SurfaceId, bool, int]
-Tally = tuple[LinkCount, ...]
 
 DEFAULT_MEMO_SIZE = 16384
 """Decisions memoised per engine. Each entry keeps about five small objects alive (the matches

@@ -144,6 +144,10 @@ class LinkCount(NamedTuple):
     links: int
 
 
+Tally = tuple[LinkCount, ...]
+"""A decision's verdicts counted by host, platform, kind and action (``Decision.tally``)."""
+
+
 class PendingRule(NamedTuple):
     """A rule that would apply to a link here but is not in force yet."""
 
@@ -162,7 +166,7 @@ class Decision(NamedTuple):
     rule: RuleId | None
     verdicts: tuple[LinkVerdict, ...]
     pending: tuple[PendingRule, ...]
-    tally: tuple[LinkCount, ...]
+    tally: Tally
     """The verdicts counted by host, platform, kind and action, in the order first met. Equal
     tallies are one shared object (while the rule book's bound allows), so the decisions of a
     whole message are summed by comparing tallies by identity, in C, without a look at each
