@@ -220,9 +220,10 @@ class Inspector:
             plan = ActionPlan(route, seller, Action.ALLOW, (), (), pending)
             self._record(plan, counts, request_id, started)
             return plan
-        decisions = self.engine.decide_many(texts, surface, at, direction)
-        verdicts = list(chain.from_iterable(map(_VERDICTS, decisions)))
-        short = self._short_links(verdicts) if self.resolver is not None else None
+        short = None
+        if self.resolver is not None:
+            decisions = self.engine.decide_many(texts, surface, at, direction)
+            short = self._short_links(list(chain.from_iterable(map(_VERDICTS, decisions))))
         return await self._inspect_paths(route, doc, seller, at, request_id, started, short)
 
     async def judge(
