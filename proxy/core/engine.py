@@ -101,7 +101,7 @@ class Engine:
         """The decision for ``text`` published on ``surface`` at the aware instant ``at``."""
         if not self.rulebook.boundaries:
             return decide(self.links(text), surface, at, self.rulebook, direction)
-        return self._table(surface, direction is Direction.REQUEST, self.rulebook.epoch(at))[text]
+        return self._table(surface, at, direction)[text]
 
     def decide_many(
         self,
@@ -113,7 +113,7 @@ class Engine:
         """``decide`` for every text of one message, the instant's epoch worked out once."""
         if not self.rulebook.boundaries:
             return [decide(self.links(t), surface, at, self.rulebook, direction) for t in texts]
-        table = self._table(surface, direction is Direction.REQUEST, self.rulebook.epoch(at))
+        table = self._table(surface, at, direction)
         return list(map(table.__getitem__, texts))
 
     def tallies_many(
@@ -128,11 +128,12 @@ class Engine:
         decisions themselves are not even touched."""
         if not self.rulebook.boundaries:
             return [d.tally for d in self.decide_many(texts, surface, at, direction)]
-        table = self._table(surface, direction is Direction.REQUEST, self.rulebook.epoch(at))
+        table = self._table(surface, at, direction)
         return list(map(table.tallies.__getitem__, texts))
 
-    def _table(self, surface: SurfaceId, request: bool, epoch: int) -> _Decisions:
-        key = (surface, request, epoch)
+    def _table(self, surface: SurfaceId, at: datetime, direction: Direction) -> _Decisions:
+        """The decisions for ``surface`` and ``direction`` in the epoch of ``at``."""
+        key = (surface, direction is Direction.REQUEST, self.rulebook.epoch(at))
         table = self._tables.get(key)
         if table is None:
             table = self._tables[key] = _Decisions(self, key)
